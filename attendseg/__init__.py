@@ -1,0 +1,8 @@
+"""attendseg: training-free pixel grounding from the attention of large multimodal models."""
+
+from .errors import AttendsegError
+from .trace import Trace
+from .views import View
+
+__all__ = ["AttendsegError", "Trace", "View"]
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""Tiny random-weight LLaVA checkpoints built from configs, saved like hub checkpoints.
+
+Used by the tests, the benchmarks, README's fallback run and the shapes-world model: the folder
+written by :func:`build_llava` loads through exactly the code path a hub id takes
+(``attendseg.load(folder)`` → ``from_pretrained``).
+
+The tokenizer is word-level (``tokenizers`` ``WordLevel`` + whitespace/punctuation
+pre-tokenizer) wrapped in ``PreTrainedTokenizerFast``: its offsets are exact and decoding joins
+words with single spaces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+PUNCTUATION = (".", ",", ":", ";", "!", "?", "'", "-")
+
+#: Chat template: ``USER: <image>\n{prompt} ASSISTANT:`` (LLaVA-1.5 style, one image first).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image> \n{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% else %}ASSISTANT: {% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %} </s> "
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def word_tokenizer(words: Iterable[str]):
+    """A word-level fast tokenizer over ``SPECIAL_TOKENS + PUNCTUATION + words`` (lower-cased).
+
+    Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<image>`` 4, then punctuation, then
+    the words in first-seen order. Unknown words map to ``<unk>``.
+    """
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in (*SPECIAL_TOKENS, *PUNCTUATION, *(w.lower() for w in words)):
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.padding_side = "left"
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_llava(
+    folder: str | Path,
+    words: Sequence[str],
+    *,
+    text_model: str = "llama",
+    image_size: int = 64,
+    patch_size: int = 8,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+    pad_to_square: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a random-weight ``LlavaForConditionalGeneration`` checkpoint folder.
+
+    Args:
+        folder: where to write (created). Holds ``config.json``, ``model.safetensors``, the
+            tokenizer, the image processor and the processor with its chat template.
+        words: the text vocabulary (besides specials and punctuation).
+        text_model: ``"llama"`` or ``"qwen2"``.
+        image_size, patch_size: the CLIP input side and patch; the image grid is
+            ``(image_size // patch_size)²`` tokens (CLS dropped, LLaVA's "default" strategy).
+        kv_heads: key/value heads (grouped-query attention when < ``text_heads``).
+        pad_to_square: whether the image processor pads to a square (mean colour) before
+            resizing, like the original LLaVA code; otherwise it resizes the short side and
+            centre-crops, like llava-hf.
+
+    Returns:
+        The folder path.
+    """
+    from transformers import (
+        AutoConfig,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = word_tokenizer(words)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    grid = image_size // patch_size
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 4,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
+    )
+    text = AutoConfig.for_model(
+        text_model,
+        vocab_size=len(tokenizer),
+        hidden_size=text_hidden,
+        intermediate_size=intermediate or text_hidden * 4,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=kv_heads or text_heads,
+        max_position_embeddings=max(512, grid * grid + 256),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        image_seq_length=grid * grid,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(folder)
+
+    image_processor = LlavaImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_pad=pad_to_square,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    processor.save_pretrained(folder)
+    return folder
