@@ -6,3 +6,7 @@ from .views import View
 
 __all__ = ["AttendsegError", "Trace", "View"]
 __version__ = "0.1.0"
+
+from .attender import Attender, load  # noqa: E402
+
+__all__ += ["Attender", "load"]

@@ -1,0 +1,248 @@
+"""``attendseg.load`` and the :class:`Attender` session: run a model with capture on.
+
+```python
+import attendseg
+attender = attendseg.load("llava-hf/llava-1.5-7b-hf")           # hub id or local folder
+trace = attender.attend("dog.jpg", "Describe the image in detail.")
+trace.token_maps()        # [T, N]: per generated token, attention over the 576 image tokens
+```
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import capture
+from .adapters import Adapter, adapter_for
+from .errors import AttendsegError
+from .images import load_image
+from .tokens import decode_with_offsets
+from .trace import Trace
+
+ROWS = ("predicting", "own")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """``None`` → bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on CPU."""
+    if dtype is None:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise AttendsegError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def load(model: str | os.PathLike, device=None, dtype=None, **options) -> "Attender":
+    """Load a multimodal model for attention capture.
+
+    Args:
+        model: a hub id (``"llava-hf/llava-1.5-7b-hf"``) or a local checkpoint folder.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, … (default: CUDA when available).
+        dtype: ``torch.float32`` / ``"bf16"`` / … (default: bf16 on CUDA, fp32 on CPU).
+        options: passed to special loaders (DiffLMM's ``base=``, ``sd=``, ``clip=``).
+
+    Raises:
+        AttendsegError: the folder does not exist, the hub id is unreachable, or no adapter
+            handles the architecture.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(dtype, device)
+    name = str(model)
+    adapter = _load_adapter(name, device, dtype, options)
+    capture.enable(adapter.language_model)
+    return Attender(adapter, model_id=name)
+
+
+def _load_adapter(name: str, device, dtype, options) -> Adapter:
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local and not path.exists():
+        raise AttendsegError(f"model folder not found: {name}")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise AttendsegError(f"{name} is not a model checkpoint folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(str(path) if path.exists() else name)
+    except (OSError, ValueError) as error:
+        raise AttendsegError(
+            f"could not load model {name!r}: it is not a local folder, and the hub copy is not "
+            f"available (offline, or no such repository): {str(error).splitlines()[0]}"
+        ) from None
+    cls = adapter_for(config)
+    if options:
+        raise AttendsegError(f"options {sorted(options)} are not used by {cls.family} models")
+    return cls.load(str(path) if path.exists() else name, dtype=dtype, device=device)
+
+
+def _layer_list(layers, n_layers: int) -> list[int]:
+    if layers is None or layers == "all":
+        return list(range(n_layers))
+    chosen = [layers] if isinstance(layers, int) else list(layers)
+    chosen = [n_layers + i if i < 0 else i for i in chosen]
+    bad = [i for i in chosen if not 0 <= i < n_layers]
+    if bad or not chosen:
+        raise AttendsegError(f"layers {bad or chosen} out of range: the model has {n_layers} layers")
+    return sorted(set(chosen))
+
+
+def _head_list(heads, n_heads: int) -> list[int] | None:
+    if heads is None or heads == "all":
+        return None
+    chosen = [heads] if isinstance(heads, int) else list(heads)
+    bad = [h for h in chosen if not 0 <= h < n_heads]
+    if bad or not chosen:
+        raise AttendsegError(f"heads {bad or chosen} out of range: the model has {n_heads} heads")
+    return chosen
+
+
+class Attender:
+    """A loaded model with capture enabled. Make one with :func:`load`.
+
+    Capture options shared by :meth:`attend` and :meth:`attend_text`:
+        layers: ``"all"`` (default), a layer index, or a sequence/range of indices (negative
+            indices count from the end).
+        heads: ``"all"`` (default) or a sequence of head indices.
+        per_layer, per_head: keep layers / heads separately instead of averaging them
+            (``Trace.maps`` is ``[T, L, H, N]``).
+        batch_size: images per model call (default: all at once).
+    """
+
+    def __init__(self, adapter: Adapter, model_id: str = ""):
+        self.adapter = adapter
+        self.model = adapter.model
+        self.processor = adapter.processor
+        self.model_id = model_id
+        text_config = self.adapter.language_model.config
+        self.n_layers = text_config.num_hidden_layers
+        self.n_heads = text_config.num_attention_heads
+
+    def __repr__(self):
+        return f"Attender({self.model_id!r}, family={self.adapter.family}, device={self.model.device})"
+
+    # ----------------------------------------------------------------------------- public
+    def attend(self, images, prompt, max_new_tokens: int = 128, layers="all", heads="all",
+               per_layer: bool = False, per_head: bool = False, batch_size: int | None = None,
+               progress: bool = False, **generate_kwargs):
+        """Generate an answer per image (greedy by default) and record its attention.
+
+        Args:
+            images: one image (path, PIL image, array) or a list of them.
+            prompt: the user prompt, or one per image.
+            max_new_tokens: upper bound on the answer length (> 0).
+
+        Returns:
+            A :class:`Trace` (one image) or a list of them: ``maps[t]`` is the attention of the
+            query that predicts generated token ``t``.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise AttendsegError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        return self._run(images, prompt, None, "predicting", layers, heads, per_layer, per_head,
+                         batch_size, progress, dict(max_new_tokens=max_new_tokens, **generate_kwargs))
+
+    def attend_text(self, images, prompt, text, rows: str = "predicting", layers="all",
+                    heads="all", per_layer: bool = False, per_head: bool = False,
+                    batch_size: int | None = None, progress: bool = False):
+        """Teacher-force ``text`` as the answer and record the attention of its tokens.
+
+        Args:
+            text: the answer text, or one per image (a caption, a referring expression).
+            rows: ``"predicting"`` — the query before each text token (as in generation) — or
+                ``"own"`` — each token's own position.
+        """
+        if rows not in ROWS:
+            raise AttendsegError(f"rows must be one of {ROWS}, got {rows!r}")
+        return self._run(images, prompt, text, rows, layers, heads, per_layer, per_head,
+                         batch_size, progress, None)
+
+    # ----------------------------------------------------------------------------- engine
+    def _run(self, images, prompt, text, rows, layers, heads, per_layer, per_head, batch_size,
+             progress, generate_kwargs):
+        single = not isinstance(images, (list, tuple))
+        images = [images] if single else list(images)
+        if not images:
+            raise AttendsegError("no images given")
+        prompts = _per_image(prompt, len(images), "prompt")
+        texts = None if text is None else _per_image(text, len(images), "text")
+        layer_list = _layer_list(layers, self.n_layers)
+        head_list = _head_list(heads, self.n_heads)
+        size = batch_size or len(images)
+        traces = []
+        starts = range(0, len(images), size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="attend", unit="batch")
+        for start in starts:
+            chunk = slice(start, start + size)
+            pil = [load_image(image) for image in images[chunk]]
+            traces += self._run_batch(pil, prompts[chunk], None if texts is None else texts[chunk],
+                                      rows, layer_list, head_list, per_layer, per_head, generate_kwargs)
+        return traces[0] if single else traces
+
+    def _run_batch(self, images, prompts, texts, rows, layers, heads, per_layer, per_head,
+                   generate_kwargs) -> list[Trace]:
+        prepared = self.adapter.prepare(images, prompts, texts)
+        if texts is None:
+            n_rows, shift = 1, 0
+        else:
+            n_rows, shift = max(prepared.text_lengths), int(rows == "predicting")
+        recorder = capture.Recorder(prepared.key_index, layers, heads, per_layer, per_head, n_rows, shift)
+        with torch.inference_mode(), capture.recording(recorder):
+            if texts is None:
+                tokenizer = self.adapter.tokenizer
+                kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                kwargs.update(generate_kwargs)
+                sequences = self.model.generate(**prepared.inputs, **kwargs)
+            else:
+                self.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
+        maps = recorder.maps()  # [B, R, L, H, N]
+        common = dict(layers=tuple(layers), heads=tuple(heads or range(self.n_heads)),
+                      per_layer=per_layer, per_head=per_head, model_id=self.model_id,
+                      mode="generate" if texts is None else "teacher", rows=rows)
+        traces = []
+        for b, image in enumerate(images):
+            if texts is None:
+                token_ids = self._answer_ids(sequences[b, prepared.inputs["input_ids"].shape[1]:])
+                text, offsets = decode_with_offsets(self.adapter.tokenizer, token_ids)
+                row_maps = maps[b, : len(token_ids)]
+            else:
+                token_ids, offsets, text = prepared.text_ids[b], prepared.text_offsets[b], texts[b]
+                row_maps = maps[b, maps.shape[1] - len(token_ids):]
+            traces.append(Trace(token_ids=token_ids.cpu(), text=text, offsets=offsets, maps=row_maps,
+                                views=prepared.views[b], image_size=image.size, prompt=prompts[b],
+                                **common))
+        return traces
+
+    def _answer_ids(self, generated: torch.Tensor) -> torch.Tensor:
+        """Generated ids up to and including the first end-of-sequence token."""
+        eos = self.model.generation_config.eos_token_id
+        eos = set([eos] if isinstance(eos, int) else (eos or []))
+        ids = generated.tolist()
+        for i, token in enumerate(ids):
+            if token in eos:
+                return generated[: i + 1]
+        return generated
+
+
+def _per_image(value, n: int, what: str) -> list[str]:
+    values = [value] * n if isinstance(value, str) else list(value)
+    if len(values) != n:
+        raise AttendsegError(f"{len(values)} {what}s for {n} images")
+    for v in values:
+        if not isinstance(v, str) or not v.strip():
+            raise AttendsegError(f"the {what} is empty" if isinstance(v, str) else f"{what} must be a string")
+    return values

@@ -1,0 +1,208 @@
+"""Attention capture: record text→image attention rows while the model runs at full speed.
+
+One attention function, registered with transformers' ``AttentionInterface`` under
+:data:`ATTENTION_NAME` (and its mask under the same name in ``AttentionMaskInterface``), replaces
+the language model's attention. It returns exactly what the wrapped fast implementation
+(``sdpa``) returns, so generation is unchanged. When a :class:`Recorder` is active, it also
+recomputes, for the recorded query rows only, ``softmax(q·Kᵀ·scale + mask)`` in float32 over all
+keys, keeps the image-key columns, reduces heads, and hands the result to the recorder.
+
+Memory is ``O(recorded rows × kept layers × kept heads × image tokens)``: no ``seq²`` matrix is
+ever kept, unlike ``output_attentions=True``.
+
+Rows recorded per forward call are the *last* ``n_rows`` query positions, shifted ``shift``
+positions to the left. Generation uses ``(1, 0)`` on every call: the last prompt position in the
+prefill (it predicts the first new token), then the single new position in each decode step. A
+teacher-forced text of ``r`` tokens at the end of the sequence uses ``(r, 1)`` for the
+predicting rows, ``(r, 0)`` for the tokens' own rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTENTION_NAME = "attendseg"
+
+_ACTIVE: list["Recorder"] = []
+
+
+class Recorder:
+    """Collects image-column attention rows, reduced online.
+
+    Args:
+        key_index: ``[B, N]`` sequence positions of the image tokens (keys) of each batch row.
+        layers: language-model layer indices to record, in execution order.
+        heads: head indices to keep, or None for all heads.
+        per_layer: keep each layer separately (else mean over ``layers``).
+        per_head: keep each head separately (else mean over ``heads``).
+        n_rows, shift: which query rows of each forward call to record (module docstring).
+
+    After the run, :meth:`maps` returns ``[B, R, L, H, N]`` float32 on the CPU, where ``R`` is
+    the number of recorded rows over all forward calls, in order.
+    """
+
+    def __init__(
+        self,
+        key_index: torch.Tensor,
+        layers: Sequence[int],
+        heads: Sequence[int] | None = None,
+        per_layer: bool = False,
+        per_head: bool = False,
+        n_rows: int = 1,
+        shift: int = 0,
+    ):
+        if not layers:
+            raise ValueError("no layers to record")
+        self.key_index = key_index
+        self.layers = tuple(layers)
+        self._slot = {layer: i for i, layer in enumerate(self.layers)}
+        self.heads = None if heads is None else tuple(heads)
+        self.per_layer = per_layer
+        self.per_head = per_head
+        self.n_rows = n_rows
+        self.shift = shift
+        self._steps: list[torch.Tensor] = []
+        self._current: torch.Tensor | None = None
+        self._seq_len = 0
+        self._head_index: torch.Tensor | None = None
+
+    def wants(self, layer_idx: int | None) -> bool:
+        return layer_idx in self._slot
+
+    def record(self, module, query, key, attention_mask, scaling, softcap=None) -> None:
+        """Recompute the recorded rows of one layer's attention and store their image columns."""
+        q_len, kv_len = query.shape[2], key.shape[2]
+        slot = self._slot[module.layer_idx]
+        if slot == 0:  # the first recorded layer opens a new forward call
+            self._seq_len = kv_len if not self._steps and self._current is None else self._seq_len + q_len
+            self._flush()
+        stop = q_len - self.shift
+        rows = slice(max(stop - self.n_rows, 0), stop)
+        probs = row_probabilities(query, key, attention_mask, scaling, rows, softcap)
+        # Sliding-window caches may have dropped the oldest keys: shift the image positions.
+        index = self.key_index.to(probs.device) - (self._seq_len - kv_len)
+        valid = index >= 0
+        index = index.clamp(min=0)[:, None, None, :].expand(*probs.shape[:3], -1)
+        image = probs.gather(-1, index) * valid[:, None, None, :]  # [B, H, r, N]
+        if self.heads is not None:
+            if self._head_index is None:
+                self._head_index = torch.tensor(self.heads, device=image.device)
+            image = image.index_select(1, self._head_index)
+        image = image.transpose(1, 2)  # [B, r, H, N]
+        if not self.per_head:
+            image = image.mean(dim=2, keepdim=True)
+        if self._current is None:
+            n_layers = len(self.layers) if self.per_layer else 1
+            self._current = image.new_zeros(image.shape[0], image.shape[1], n_layers, *image.shape[2:])
+        if self.per_layer:
+            self._current[:, :, slot] = image
+        else:
+            self._current[:, :, 0] += image
+
+    def _flush(self) -> None:
+        if self._current is not None:
+            self._steps.append(self._current)
+            self._current = None
+
+    def maps(self) -> torch.Tensor:
+        """``[B, R, L, H, N]`` float32 (CPU): all recorded rows, in call order."""
+        self._flush()
+        if not self._steps:
+            raise RuntimeError("nothing was recorded: did the model run its language layers?")
+        maps = torch.cat(self._steps, dim=1).cpu()
+        return maps if self.per_layer else maps / len(self.layers)
+
+
+def row_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    rows: slice,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Attention probabilities of some query rows over all keys, in float32.
+
+    Args:
+        query: ``[B, H, q, D]``; key: ``[B, H_kv, kv, D]`` (before ``repeat_kv``; ``H`` must be a
+            multiple of ``H_kv``, head h reading kv head ``h // (H / H_kv)``).
+        attention_mask: ``[B, 1, q, kv]`` boolean (True = attend) or additive float, or None for
+            plain causal attention with the queries at the last ``q`` positions.
+        rows: which of the ``q`` query rows.
+
+    Returns:
+        ``[B, H, r, kv]`` float32 probabilities (rows sum to 1).
+    """
+    q = query[:, :, rows].float()
+    batch, heads, n_rows, dim = q.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    k = key.float()
+    logits = torch.matmul(q.reshape(batch, kv_heads, groups * n_rows, dim), k.transpose(-1, -2))
+    logits = logits.view(batch, heads, n_rows, kv_len) * (dim**-0.5 if scaling is None else scaling)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    lowest = torch.finfo(torch.float32).min
+    if attention_mask is None:
+        q_len = query.shape[2]
+        positions = torch.arange(q_len, device=q.device)[rows] + (kv_len - q_len)
+        allowed = torch.arange(kv_len, device=q.device)[None, :] <= positions[:, None]
+        logits = logits.masked_fill(~allowed, lowest)
+    elif attention_mask.dtype == torch.bool:
+        logits = logits.masked_fill(~attention_mask[:, :, rows, :kv_len], lowest)
+    else:
+        logits = logits + attention_mask[:, :, rows, :kv_len].float()
+    return torch.softmax(logits, dim=-1)
+
+
+def capture_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    """``AttentionInterface`` function: sdpa's output, plus recording when a Recorder is active."""
+    if _ACTIVE:
+        recorder = _ACTIVE[-1]
+        if recorder.wants(getattr(module, "layer_idx", None)):
+            recorder.record(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+    )
+
+
+def register() -> str:
+    """Register the capture function and its mask with transformers (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, capture_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    return ATTENTION_NAME
+
+
+def enable(language_model: torch.nn.Module) -> None:
+    """Route a loaded language model's attention through the capture function.
+
+    ``language_model`` is the text decoder (a ``PreTrainedModel`` such as ``LlamaModel``), so
+    vision towers keep their own attention implementation.
+    """
+    register()
+    language_model.set_attn_implementation(ATTENTION_NAME)
+
+
+@contextlib.contextmanager
+def recording(recorder: Recorder) -> Iterator[Recorder]:
+    """Activate ``recorder`` for the model calls inside the block."""
+    _ACTIVE.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _ACTIVE.remove(recorder)
