@@ -22,13 +22,18 @@ MAX_PIXELS = 178_956_970
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode → 8-bit RGB. Alpha is composited on white; 16/32-bit data are rescaled."""
+    """Any PIL mode → 8-bit RGB, EXIF orientation applied. Alpha is composited on white;
+    16-bit data are divided by 257; 32-bit/float data outside 0–255 are stretched min–max."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode.startswith("I;16"):  # full 16-bit range → 8 bit
+        array = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(array.round().clip(0, 255).astype(np.uint8), mode="L")
+    elif image.mode in ("I", "F"):  # 32-bit data: keep 0–255 data, else stretch min–max
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+        if low < 0 or high > 255:
+            array = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
+        image = Image.fromarray(array.round().clip(0, 255).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -1,0 +1,112 @@
+"""User mistakes give an AttendsegError that names the problem, never a deep traceback."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import attendseg
+from attendseg import AttendsegError
+from attendseg.images import load_image
+
+
+@pytest.fixture(scope="module")
+def attender(tiny_llava):
+    return attendseg.load(tiny_llava)
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(AttendsegError, match="not found"):
+        attendseg.load(tmp_path / "nope")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(AttendsegError, match="no config.json"):
+        attendseg.load(tmp_path)
+
+
+def test_unreachable_hub_id():
+    with pytest.raises(AttendsegError, match="not a local folder"):
+        attendseg.load("someone/no-such-model-xyz")
+
+
+def test_not_a_llava_architecture(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    with pytest.raises(AttendsegError, match="no adapter.*supported families: llava"):
+        attendseg.load(tmp_path)
+
+
+def test_empty_prompt(attender):
+    with pytest.raises(AttendsegError, match="prompt is empty"):
+        attender.attend(np.zeros((32, 32, 3), np.uint8), "   ")
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5])
+def test_bad_max_new_tokens(attender, n):
+    with pytest.raises(AttendsegError, match="max_new_tokens"):
+        attender.attend(np.zeros((32, 32, 3), np.uint8), "describe", max_new_tokens=n)
+
+
+def test_bad_layers_and_heads(attender):
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(AttendsegError, match="layers .* out of range"):
+        attender.attend(image, "describe", layers=[7])
+    with pytest.raises(AttendsegError, match="heads .* out of range"):
+        attender.attend(image, "describe", heads=[99])
+    with pytest.raises(AttendsegError, match="rows must be"):
+        attender.attend_text(image, "describe", "a cat", rows="middle")
+
+
+def test_prompt_count_mismatch(attender):
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(AttendsegError, match="2 prompts for 1 images"):
+        attender.attend([image], ["a", "b"])
+
+
+def test_not_an_image(tmp_path, attender):
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    with pytest.raises(AttendsegError, match="not an image"):
+        attender.attend(str(text), "describe")
+    with pytest.raises(AttendsegError, match="not an image"):
+        load_image({"a": 1})
+    with pytest.raises(AttendsegError, match="not an image array"):
+        load_image(np.zeros((4, 4, 7)))
+
+
+def test_empty_and_truncated_files(tmp_path, photos):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(AttendsegError, match="empty file"):
+        load_image(empty)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(photos["coffee"]).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(AttendsegError, match="truncated"):
+        load_image(truncated)
+    with pytest.raises(AttendsegError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_image_modes_are_converted(tmp_path, photos):
+    rgb = Image.fromarray(photos["chelsea"])
+    for mode in ("L", "RGBA", "P", "CMYK", "I;16", "LA"):
+        image = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
+            (np.asarray(rgb.convert("L")).astype(np.uint16) * 257))
+        out = load_image(image)
+        assert out.mode == "RGB" and out.size == rgb.size
+    sixteen = np.asarray(load_image(Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)))
+    assert abs(int(sixteen[..., 0].astype(int).mean()) - int(np.asarray(rgb.convert("L")).mean())) <= 2
+
+
+def test_exif_rotation_is_applied(tmp_path, photos):
+    image = Image.fromarray(photos["rocket"])  # 640 wide, 427 high
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    assert load_image(path).size == (427, 640)

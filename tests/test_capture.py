@@ -1,0 +1,136 @@
+"""Capture against transformers' own eager ``output_attentions`` (the reference no one here wrote)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import LlavaForConditionalGeneration
+
+import attendseg
+
+PROMPTS = ["describe the image", "is there a red circle on the left of the blue square"]
+TEXTS = ["a red circle", "a blue square on the left of a large green star"]
+
+
+def images():
+    rs = np.random.RandomState(0)
+    return [
+        Image.fromarray((rs.rand(50, 80, 3) * 255).astype("uint8")),
+        Image.fromarray((rs.rand(90, 60, 3) * 255).astype("uint8")),
+    ]
+
+
+@pytest.fixture(scope="module", params=["tiny_llava", "tiny_llava_gqa_pad"])
+def checkpoint(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def attender(checkpoint):
+    return attendseg.load(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def eager(checkpoint):
+    return LlavaForConditionalGeneration.from_pretrained(checkpoint, attn_implementation="eager").eval()
+
+
+def image_columns(attn, key_index):
+    """[B, H, q, kv] eager attention → [B, H, q, N] at each row's image-key positions."""
+    index = key_index[:, None, None, :].expand(attn.shape[0], attn.shape[1], attn.shape[2], -1)
+    return attn.gather(-1, index)
+
+
+def test_generation_matches_eager_output_attentions(attender, eager):
+    traces = attender.attend(images(), PROMPTS, max_new_tokens=8, per_layer=True, per_head=True)
+    prepared = attender.adapter.prepare(images(), PROMPTS)
+    with torch.no_grad():
+        ref = eager.generate(**prepared.inputs, max_new_tokens=8, do_sample=False,
+                             output_attentions=True, return_dict_in_generate=True,
+                             pad_token_id=attender.adapter.tokenizer.pad_token_id)
+    # per step: [B, L, H, N] of the last query row, i.e. the row predicting that step's token
+    steps = [torch.stack([image_columns(layer, prepared.key_index)[:, :, -1] for layer in step], 1)
+             for step in ref.attentions]
+    reference = torch.stack(steps, 1)  # [B, T, L, H, N]
+    assert prepared.inputs["attention_mask"][0].sum() != prepared.inputs["attention_mask"][1].sum()
+    for b, trace in enumerate(traces):
+        T = len(trace)
+        assert T >= 1
+        assert trace.maps.shape == (T, attender.n_layers, attender.n_heads, trace.n_image_tokens)
+        assert torch.allclose(trace.maps, reference[b, :T], atol=1e-5, rtol=0)
+        generated = ref.sequences[b, prepared.inputs["input_ids"].shape[1]:][:T]
+        assert torch.equal(trace.token_ids, generated)
+
+
+def test_generated_tokens_identical_to_plain_sdpa(attender, checkpoint):
+    plain = LlavaForConditionalGeneration.from_pretrained(checkpoint, attn_implementation="sdpa").eval()
+    prepared = attender.adapter.prepare(images(), PROMPTS)
+    with torch.no_grad():
+        expected = plain.generate(**prepared.inputs, max_new_tokens=12, do_sample=False,
+                                  pad_token_id=attender.adapter.tokenizer.pad_token_id)
+    traces = attender.attend(images(), PROMPTS, max_new_tokens=12)
+    start = prepared.inputs["input_ids"].shape[1]
+    for b, trace in enumerate(traces):
+        assert torch.equal(trace.token_ids, expected[b, start:start + len(trace)])
+
+
+@pytest.mark.parametrize("rows, shift", [("predicting", 1), ("own", 0)])
+def test_teacher_forcing_matches_eager(attender, eager, rows, shift):
+    traces = attender.attend_text(images(), PROMPTS, TEXTS, rows=rows, per_layer=True, per_head=True)
+    prepared = attender.adapter.prepare(images(), PROMPTS, TEXTS)
+    with torch.no_grad():
+        out = eager(**prepared.inputs, output_attentions=True)
+    seq = prepared.inputs["input_ids"].shape[1]
+    for b, trace in enumerate(traces):
+        r = len(trace)
+        assert trace.tokens == TEXTS[b].split()
+        positions = torch.arange(seq - r - shift, seq - shift)
+        reference = torch.stack(
+            [image_columns(layer, prepared.key_index)[b][:, positions] for layer in out.attentions]
+        )  # [L, H, r, N]
+        assert torch.allclose(trace.maps, reference.permute(2, 0, 1, 3), atol=1e-5, rtol=0)
+
+
+def test_layer_and_head_selection_reduce_like_the_reference(attender):
+    full = attender.attend_text(images()[0], PROMPTS[0], TEXTS[1], per_layer=True, per_head=True)
+    heads = [0, 2]
+    picked = attender.attend_text(images()[0], PROMPTS[0], TEXTS[1], layers=[-1], heads=heads)
+    expected = full.maps[:, [attender.n_layers - 1]][:, :, heads].mean(dim=(1, 2))
+    assert picked.maps.shape == (len(full), 1, 1, full.n_image_tokens)
+    assert torch.allclose(picked.token_maps(), expected, atol=1e-6)
+    assert torch.allclose(full.token_maps(layers=[0]), full.maps[:, 0].mean(1), atol=1e-7)
+    mean_all = attender.attend_text(images()[0], PROMPTS[0], TEXTS[1])
+    assert torch.allclose(mean_all.token_maps(), full.token_maps(), atol=1e-6)
+
+
+def test_maps_are_probabilities_over_all_keys(attender):
+    trace = attender.attend(images()[0], PROMPTS[0], max_new_tokens=5)
+    sums = trace.maps.sum(-1)
+    assert (trace.maps >= 0).all() and (sums > 0).all() and (sums < 1 + 1e-5).all()
+
+
+def test_bfloat16_model_records_float32_maps_close_to_fp32(checkpoint):
+    fp32 = attendseg.load(checkpoint)
+    bf16 = attendseg.load(checkpoint, dtype="bf16")
+    text = TEXTS[1]
+    a = fp32.attend_text(images()[1], PROMPTS[1], text)
+    b = bf16.attend_text(images()[1], PROMPTS[1], text)
+    assert b.maps.dtype == torch.float32 and torch.isfinite(b.maps).all()
+    assert torch.allclose(a.maps, b.maps, atol=2e-2)
+
+
+def test_trace_round_trip_is_lossless(attender, tmp_path):
+    trace = attender.attend(images()[1], PROMPTS[1], max_new_tokens=6, per_layer=True)
+    loaded = attendseg.Trace.load(trace.save(tmp_path / "t.safetensors"))
+    assert torch.equal(loaded.maps, trace.maps) and torch.equal(loaded.token_ids, trace.token_ids)
+    assert torch.equal(loaded.offsets, trace.offsets)
+    for field in ("text", "views", "image_size", "layers", "heads", "per_layer", "rows", "prompt", "model_id"):
+        assert getattr(loaded, field) == getattr(trace, field), field
+
+
+def test_offsets_point_at_the_decoded_words(attender):
+    trace = attender.attend(images()[0], PROMPTS[0], max_new_tokens=10)
+    decoded = attender.adapter.tokenizer.convert_ids_to_tokens(trace.token_ids.tolist())
+    specials = set(attender.adapter.tokenizer.all_special_tokens)
+    for token, piece in zip(decoded, trace.tokens):
+        assert piece == ("" if token in specials else token)
