@@ -1,0 +1,530 @@
+"""Mask metrics: IoU, GCG-style greedy matching (GLaMM's protocol), recall, AP50, point accuracy.
+
+Masks are boolean (or 0/non-0) arrays ``[H, W]``; a set of masks is ``[N, H, W]`` or a list of
+``[H, W]`` arrays (RLE dicts are decoded). Points are ``(x, y)`` in pixels, x right, y down;
+pixel ``(row i, column j)`` covers ``[j, j+1) × [i, i+1)`` (see :mod:`attendseg.views`).
+
+GCG protocol (GLaMM, "Grounded Conversation Generation"), reproduced exactly:
+
+* **mIoU** — per image, build the IoU matrix ``[P, G]`` (predictions × ground truths) and pair
+  greedily: take the highest IoU, remove its row and column, repeat while a positive IoU is left.
+  The image's mIoU is the mean of the paired IoUs (0.0 when nothing pairs); unpaired masks do
+  not count. The dataset mIoU is the mean over images.
+* **Mask recall** — per image, over the matrix ``[G, P]`` (ground truths × predictions): take the
+  highest IoU; if it is below ``iou_threshold`` (0.5) *or* its text similarity is below
+  ``text_threshold`` (0.5), **stop** (GLaMM stops at the first inadmissible best pair rather than
+  trying the next one; ``on_reject="skip"`` tries the next one instead); otherwise count a match
+  and remove the row and column. Dataset recall = all matches / all ground-truth phrases.
+  GLaMM's text similarity is the cosine of mean-pooled last hidden states of
+  ``bert-base-uncased`` — weights we cannot download here — so the gate is any callable
+  ``(gt_label, pred_phrase) -> float``; with ``text_similarity=None`` the gate is off (masks only).
+* **AP50** — ``pycocotools`` ``COCOeval`` with ``iouType="segm"``, one category, every prediction
+  scored 1.0; the figure is ``stats[1]`` (AP at IoU 0.5, all areas, 100 detections).
+
+Ties between equal IoUs are broken like ``np.argmax`` on the matrix (row-major first), as in
+GLaMM's code. A pair whose masks are both empty has IoU 0 (pycocotools' convention; GLaMM's
+own ``compute_iou`` would give NaN there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import rle as _rle
+
+__all__ = [
+    "mask_iou",
+    "iou_matrix",
+    "greedy_match",
+    "image_miou",
+    "recall_matches",
+    "ImageScores",
+    "GCGScores",
+    "GCGEvaluator",
+    "evaluate_image",
+    "evaluate",
+    "point_in_mask",
+    "point_accuracy",
+    "ap50",
+    "ap50_coco",
+]
+
+TextSimilarity = Callable[[str, str], float]
+Match = tuple[int, int, float]
+
+
+# --------------------------------------------------------------------------- IoU
+
+
+def as_mask_stack(masks, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """``[N, H, W]`` bool from an array, a list of ``[H, W]`` arrays or RLE dicts, or None/[].
+
+    ``shape`` gives ``(H, W)`` for an empty set (else ``(0, 0)``).
+    """
+    if masks is None:
+        return np.zeros((0, *(shape or (0, 0))), dtype=bool)
+    if isinstance(masks, np.ndarray):
+        if masks.ndim == 2:
+            masks = masks[None]
+        if masks.ndim != 3:
+            raise ValueError(f"expected masks [N, H, W], got shape {masks.shape}")
+        return masks if masks.dtype == bool else masks != 0
+    items = [_rle.decode(m) if isinstance(m, Mapping) else np.asarray(m) != 0 for m in masks]
+    if not items:
+        return np.zeros((0, *(shape or (0, 0))), dtype=bool)
+    shapes = {m.shape for m in items}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"masks must all be [H, W] of one size, got {sorted(shapes)}")
+    return np.stack(items)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two ``[H, W]`` masks; 0.0 when the union is empty."""
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    inter = np.count_nonzero(a & b)
+    union = np.count_nonzero(a | b)
+    return float(inter) / float(union) if inter else 0.0
+
+
+def iou_matrix(preds, gts) -> np.ndarray:
+    """IoU of every prediction with every ground truth: ``[P, G]`` float64, vectorised.
+
+    ``preds`` ``[P, H, W]`` and ``gts`` ``[G, H, W]`` (or lists of ``[H, W]`` masks / RLEs).
+    Equal, value for value, to ``pycocotools.mask.iou(encode(preds), encode(gts), [0] * G)``.
+    """
+    p = as_mask_stack(preds)
+    g = as_mask_stack(gts)
+    if len(p) == 0 or len(g) == 0:
+        return np.zeros((len(p), len(g)), dtype=np.float64)
+    if p.shape[1:] != g.shape[1:]:
+        raise ValueError(f"prediction masks {p.shape[1:]} and ground truths {g.shape[1:]} differ in size")
+    n = p.shape[1] * p.shape[2]
+    # Sums of 0/1 products are exact in float32 up to 2**24 pixels, in float64 up to 2**53.
+    dtype = np.float32 if n <= 2**24 else np.float64
+    pf = p.reshape(len(p), n).astype(dtype)
+    gf = g.reshape(len(g), n).astype(dtype)
+    inter = (pf @ gf.T).astype(np.float64)
+    ap = np.count_nonzero(p.reshape(len(p), n), axis=1).astype(np.float64)
+    ag = np.count_nonzero(g.reshape(len(g), n), axis=1).astype(np.float64)
+    union = ap[:, None] + ag[None, :] - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=inter > 0)
+    return out
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def greedy_match(
+    scores: np.ndarray,
+    min_score: float = 0.0,
+    *,
+    inclusive: bool = False,
+    allowed: np.ndarray | None = None,
+    on_reject: str = "stop",
+) -> list[Match]:
+    """Greedy one-to-one matching on a score matrix ``[R, C]``, highest score first.
+
+    Repeatedly takes the highest remaining entry (ties: row-major first, like ``np.argmax``) and
+    removes its row and column, while the entry is ``> min_score`` (``>= min_score`` with
+    ``inclusive``). When ``allowed[r, c]`` is False for the best entry, ``on_reject="stop"`` ends
+    the matching (GLaMM's recall) and ``"skip"`` passes over that pair and goes on.
+
+    Returns ``[(row, col, score), …]`` in the order taken. This is not the optimal (Hungarian)
+    assignment: one high pair can block two slightly lower ones.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be 2-D, got shape {s.shape}")
+    if on_reject not in ("stop", "skip"):
+        raise ValueError("on_reject must be 'stop' or 'skip'")
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != s.shape:
+            raise ValueError(f"allowed {allowed.shape} != scores {s.shape}")
+    if s.size == 0:
+        return []
+    flat = s.ravel()
+    order = np.argsort(-flat, kind="stable")
+    used_r = np.zeros(s.shape[0], dtype=bool)
+    used_c = np.zeros(s.shape[1], dtype=bool)
+    out: list[Match] = []
+    for k in order:
+        v = flat[k]
+        if not (v >= min_score if inclusive else v > min_score):
+            break  # sorted: nothing later qualifies
+        r, c = divmod(int(k), s.shape[1])
+        if used_r[r] or used_c[c]:
+            continue
+        if allowed is not None and not allowed[r, c]:
+            if on_reject == "stop":
+                break
+            continue
+        used_r[r] = used_c[c] = True
+        out.append((r, c, float(v)))
+        if used_r.all() or used_c.all():
+            break
+    return out
+
+
+def image_miou(preds, gts, iou: np.ndarray | None = None) -> float:
+    """GCG mIoU of one image: mean IoU of the greedy pairs (``> 0``), 0.0 when none pair."""
+    m = iou_matrix(preds, gts) if iou is None else iou
+    pairs = greedy_match(m, 0.0)
+    return float(np.mean([v for _, _, v in pairs])) if pairs else 0.0
+
+
+def text_similarity_matrix(gt_labels: Sequence[str], pred_phrases: Sequence[str], fn: TextSimilarity) -> np.ndarray:
+    """``[G, P]`` matrix of ``fn(gt_label, pred_phrase)``."""
+    out = np.zeros((len(gt_labels), len(pred_phrases)), dtype=np.float64)
+    for i, g in enumerate(gt_labels):
+        for j, p in enumerate(pred_phrases):
+            out[i, j] = float(fn(g, p))
+    return out
+
+
+def recall_matches(
+    iou_gt_pred: np.ndarray,
+    text_sims: np.ndarray | None = None,
+    iou_threshold: float = 0.5,
+    text_threshold: float = 0.5,
+    on_reject: str = "stop",
+) -> list[Match]:
+    """GLaMM's recall matching on ``[G, P]`` IoUs: ``[(gt, pred, iou), …]``, IoU ≥ threshold and,
+    when ``text_sims`` ``[G, P]`` is given, similarity ≥ ``text_threshold`` (see module doc)."""
+    allowed = None if text_sims is None else np.asarray(text_sims) >= text_threshold
+    return greedy_match(iou_gt_pred, iou_threshold, inclusive=True, allowed=allowed, on_reject=on_reject)
+
+
+# --------------------------------------------------------------------------- per image / dataset
+
+
+@dataclass
+class ImageScores:
+    """GCG figures of one image.
+
+    Attributes:
+        miou: mean IoU of the greedy pairs (0.0 when none).
+        pairs: ``[(pred, gt, iou), …]`` from the mIoU pairing.
+        matches: ``[(gt, pred, iou), …]`` counted for recall.
+        n_pred, n_gt: mask counts.
+    """
+
+    miou: float
+    pairs: list[Match]
+    matches: list[Match]
+    n_pred: int
+    n_gt: int
+
+    @property
+    def n_matched(self) -> int:
+        return len(self.matches)
+
+    @property
+    def recall(self) -> float:
+        """Matches / ground truths for this image (NaN with no ground truth)."""
+        return len(self.matches) / self.n_gt if self.n_gt else float("nan")
+
+
+def evaluate_image(
+    pred_masks,
+    gt_masks,
+    pred_phrases: Sequence[str] | None = None,
+    gt_labels: Sequence[str] | None = None,
+    *,
+    text_similarity: TextSimilarity | None = None,
+    iou_threshold: float = 0.5,
+    text_threshold: float = 0.5,
+    on_reject: str = "stop",
+) -> ImageScores:
+    """mIoU and recall matches of one image (the masks may be ``[N, H, W]``, lists or RLEs)."""
+    p = as_mask_stack(pred_masks)
+    g = as_mask_stack(gt_masks)
+    m = iou_matrix(p, g)  # [P, G]
+    pairs = greedy_match(m, 0.0)
+    miou = float(np.mean([v for _, _, v in pairs])) if pairs else 0.0
+    sims = None
+    if text_similarity is not None:
+        if pred_phrases is None or gt_labels is None:
+            raise ValueError("the text-similarity gate needs pred_phrases and gt_labels")
+        if len(pred_phrases) != len(p) or len(gt_labels) != len(g):
+            raise ValueError(
+                f"{len(pred_phrases)} phrases for {len(p)} predictions / "
+                f"{len(gt_labels)} labels for {len(g)} ground truths"
+            )
+        sims = text_similarity_matrix(gt_labels, pred_phrases, text_similarity)
+    matches = recall_matches(m.T, sims, iou_threshold, text_threshold, on_reject)
+    return ImageScores(miou=miou, pairs=pairs, matches=matches, n_pred=len(p), n_gt=len(g))
+
+
+@dataclass
+class GCGScores:
+    """Dataset figures.
+
+    Attributes:
+        miou: mean over images of the per-image mIoU (GLaMM).
+        recall: all recall matches / all ground truths (GLaMM's micro average).
+        recall_image_mean: mean over images that have ground truths of their recall.
+        ap50: COCO segm AP at IoU 0.5 (None when not computed; NaN without ground truths).
+        n_images, n_pred, n_gt, n_matched: counts.
+        per_image: the :class:`ImageScores`.
+    """
+
+    miou: float
+    recall: float
+    recall_image_mean: float
+    ap50: float | None
+    n_images: int
+    n_pred: int
+    n_gt: int
+    n_matched: int
+    per_image: list[ImageScores] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        """The figures without the per-image lists (JSON-ready)."""
+        d = {k: getattr(self, k) for k in ("miou", "recall", "recall_image_mean", "ap50", "n_images", "n_pred", "n_gt", "n_matched")}
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+class GCGEvaluator:
+    """Accumulates images one at a time; :meth:`summary` gives :class:`GCGScores`.
+
+    >>> ev = GCGEvaluator(compute_ap=True)
+    >>> for preds, gts in data:            # [P, H, W], [G, H, W]
+    ...     ev.add(preds, gts)
+    >>> ev.summary().miou
+
+    With ``compute_ap`` the masks are kept as RLE for AP50 (needs pycocotools at summary time).
+    """
+
+    def __init__(
+        self,
+        *,
+        text_similarity: TextSimilarity | None = None,
+        iou_threshold: float = 0.5,
+        text_threshold: float = 0.5,
+        on_reject: str = "stop",
+        compute_ap: bool = False,
+    ):
+        self.text_similarity = text_similarity
+        self.iou_threshold = iou_threshold
+        self.text_threshold = text_threshold
+        self.on_reject = on_reject
+        self.compute_ap = compute_ap
+        self.images: list[ImageScores] = []
+        self._ap_preds: list[list[dict]] = []
+        self._ap_gts: list[list[dict]] = []
+        self._ap_sizes: list[tuple[int, int]] = []
+
+    def add(self, pred_masks, gt_masks, pred_phrases=None, gt_labels=None) -> ImageScores:
+        p = as_mask_stack(pred_masks)
+        g = as_mask_stack(gt_masks)
+        s = evaluate_image(
+            p,
+            g,
+            pred_phrases,
+            gt_labels,
+            text_similarity=self.text_similarity,
+            iou_threshold=self.iou_threshold,
+            text_threshold=self.text_threshold,
+            on_reject=self.on_reject,
+        )
+        self.images.append(s)
+        if self.compute_ap:
+            shape = g.shape[1:] if len(g) else p.shape[1:]
+            self._ap_preds.append([_rle.encode(m) for m in p])
+            self._ap_gts.append([_rle.encode(m) for m in g])
+            self._ap_sizes.append(tuple(int(v) for v in shape))
+        return s
+
+    def summary(self) -> GCGScores:
+        imgs = self.images
+        n_gt = sum(s.n_gt for s in imgs)
+        n_matched = sum(s.n_matched for s in imgs)
+        with_gt = [s.recall for s in imgs if s.n_gt]
+        ap = None
+        if self.compute_ap:
+            ap = _ap50_rles(self._ap_preds, self._ap_gts, self._ap_sizes)
+        return GCGScores(
+            miou=float(np.mean([s.miou for s in imgs])) if imgs else 0.0,
+            recall=n_matched / n_gt if n_gt else 0.0,
+            recall_image_mean=float(np.mean(with_gt)) if with_gt else float("nan"),
+            ap50=ap,
+            n_images=len(imgs),
+            n_pred=sum(s.n_pred for s in imgs),
+            n_gt=n_gt,
+            n_matched=n_matched,
+            per_image=list(imgs),
+        )
+
+
+def evaluate(
+    preds_per_image: Iterable,
+    gts_per_image: Iterable,
+    pred_phrases: Iterable[Sequence[str]] | None = None,
+    gt_labels: Iterable[Sequence[str]] | None = None,
+    *,
+    text_similarity: TextSimilarity | None = None,
+    iou_threshold: float = 0.5,
+    text_threshold: float = 0.5,
+    on_reject: str = "stop",
+    compute_ap: bool = False,
+) -> GCGScores:
+    """GCG mIoU, recall (and AP50 with ``compute_ap``) over a dataset of images."""
+    ev = GCGEvaluator(
+        text_similarity=text_similarity,
+        iou_threshold=iou_threshold,
+        text_threshold=text_threshold,
+        on_reject=on_reject,
+        compute_ap=compute_ap,
+    )
+    preds_per_image, gts_per_image = list(preds_per_image), list(gts_per_image)
+    if len(preds_per_image) != len(gts_per_image):
+        raise ValueError(f"{len(preds_per_image)} prediction sets for {len(gts_per_image)} images")
+    pp = list(pred_phrases) if pred_phrases is not None else [None] * len(preds_per_image)
+    gl = list(gt_labels) if gt_labels is not None else [None] * len(gts_per_image)
+    for p, g, ph, lb in zip(preds_per_image, gts_per_image, pp, gl):
+        ev.add(p, g, ph, lb)
+    return ev.summary()
+
+
+# --------------------------------------------------------------------------- points
+
+
+def point_in_mask(points, mask: np.ndarray) -> np.ndarray | bool:
+    """Whether each ``(x, y)`` point falls on a set pixel of ``mask`` ``[H, W]``.
+
+    ``points`` is one ``(x, y)`` (returns a bool) or ``[N, 2]`` (returns ``[N]`` bool). The point
+    lies in pixel ``(floor(y), floor(x))``; points outside the image (or NaN) are False.
+    """
+    mask = np.asarray(mask) != 0
+    pts = np.asarray(points, dtype=np.float64)
+    single = pts.ndim == 1
+    pts = pts.reshape(-1, 2)
+    h, w = mask.shape
+    ok = np.isfinite(pts).all(axis=1)
+    x = np.where(ok, pts[:, 0], -1.0)
+    y = np.where(ok, pts[:, 1], -1.0)
+    inside = ok & (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    j = np.clip(np.floor(x), 0, max(w - 1, 0)).astype(np.int64)
+    i = np.clip(np.floor(y), 0, max(h - 1, 0)).astype(np.int64)
+    hit = np.zeros(len(pts), dtype=bool)
+    if mask.size:
+        hit = inside & mask[i, j]
+    return bool(hit[0]) if single else hit
+
+
+def point_accuracy(points, masks) -> float:
+    """Fraction of points that fall inside their own mask: ``points[k]`` vs ``masks[k]``.
+
+    ``points`` ``[N, 2]`` (x, y); ``masks`` ``[N, H, W]`` or a list (masks may differ in size).
+    A NaN point (no prediction) counts as a miss. NaN for N = 0.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    masks = list(masks)
+    if len(pts) != len(masks):
+        raise ValueError(f"{len(pts)} points for {len(masks)} masks")
+    if not len(pts):
+        return float("nan")
+    hits = [bool(point_in_mask(p, m)) for p, m in zip(pts, masks)]
+    return float(np.mean(hits))
+
+
+# --------------------------------------------------------------------------- AP50
+
+
+def _require_pycocotools():
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "AP50 needs pycocotools: pip install 'attendseg[coco]' (or pip install pycocotools)"
+        ) from e
+    return COCO, COCOeval
+
+
+def ap50(preds_per_image: Iterable, gts_per_image: Iterable, scores_per_image: Iterable | None = None) -> float:
+    """COCO segm AP at IoU 0.5 over images, one category, every prediction scored 1.0.
+
+    ``preds_per_image[i]`` and ``gts_per_image[i]`` are the masks of image i (``[N, H, W]``,
+    lists of ``[H, W]``, or RLEs). ``scores_per_image`` overrides the 1.0 scores. Returns NaN
+    when there is no ground truth at all, 0.0 when there is no prediction. Needs pycocotools.
+    """
+    preds_per_image, gts_per_image = list(preds_per_image), list(gts_per_image)
+    if len(preds_per_image) != len(gts_per_image):
+        raise ValueError(f"{len(preds_per_image)} prediction sets for {len(gts_per_image)} images")
+    pr, gr, sizes = [], [], []
+    for p, g in zip(preds_per_image, gts_per_image):
+        p, g = as_mask_stack(p), as_mask_stack(g)
+        if len(p) and len(g) and p.shape[1:] != g.shape[1:]:
+            raise ValueError(f"prediction masks {p.shape[1:]} and ground truths {g.shape[1:]} differ in size")
+        pr.append([_rle.encode(m) for m in p])
+        gr.append([_rle.encode(m) for m in g])
+        sizes.append(tuple(int(v) for v in (g.shape[1:] if len(g) else p.shape[1:])))
+    scores = None if scores_per_image is None else [list(s) for s in scores_per_image]
+    return _ap50_rles(pr, gr, sizes, scores)
+
+
+def _ap50_rles(preds, gts, sizes, scores=None) -> float:
+    COCO, _ = _require_pycocotools()
+    images, anns, results = [], [], []
+    for i, (p, g, (h, w)) in enumerate(zip(preds, gts, sizes)):
+        image_id = i + 1
+        images.append({"id": image_id, "width": w, "height": h})
+        for m in g:
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "segmentation": m,
+                    "area": float(_rle.area(m)),
+                    "bbox": _rle.to_bbox(m),
+                    "iscrowd": 0,
+                }
+            )
+        for k, m in enumerate(p):
+            s = 1.0 if scores is None else float(scores[i][k])
+            results.append({"image_id": image_id, "category_id": 1, "segmentation": m, "score": s})
+    if not anns:
+        return float("nan")
+    if not results:
+        return 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}
+        gt.createIndex()
+    return ap50_coco(gt, results)
+
+
+def ap50_coco(coco_gt, results: list[dict]) -> float:
+    """AP at IoU 0.5 (``COCOeval(..., "segm").stats[1]``) of ``results`` against a COCO ground truth.
+
+    ``coco_gt`` is a ``pycocotools.coco.COCO`` or the path of a COCO annotation JSON; ``results``
+    is the list ``COCO.loadRes`` reads (e.g. from :meth:`Grounding.to_coco_results
+    <attendseg.results.Grounding.to_coco_results>`). Scores are used as given. Evaluated on the
+    ground truth's images; 0.0 when ``results`` is empty. Needs pycocotools.
+    """
+    COCO, COCOeval = _require_pycocotools()
+    with contextlib.redirect_stdout(io.StringIO()):
+        if not isinstance(coco_gt, COCO):
+            coco_gt = COCO(str(coco_gt))
+        if not results:
+            return 0.0 if coco_gt.getAnnIds() else float("nan")
+        dt = coco_gt.loadRes([dict(r) for r in results])
+        ev = COCOeval(coco_gt, dt, "segm")
+        ev.params.imgIds = sorted(coco_gt.getImgIds())
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    v = float(ev.stats[1])
+    return float("nan") if v < 0 else v
