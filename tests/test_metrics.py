@@ -203,3 +203,15 @@ def test_ap50_through_evaluator_and_coco_results():
     }
     gt.createIndex()
     assert M.ap50_coco(gt, g.to_coco_results(7, score=1.0)) == pytest.approx(51 / 101)
+
+
+def test_ap50_without_pycocotools_says_what_to_install(monkeypatch):
+    import sys
+
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # import now fails
+    a = box(4, 4, 0, 2, 0, 2)
+    with pytest.raises(ImportError, match="pycocotools"):
+        M.ap50([[a]], [[a]])
+    # everything else works without it
+    assert M.evaluate([[a]], [[a]]).miou == 1.0
