@@ -12,6 +12,8 @@ pure function (no state, no model):
 6. :func:`threshold_region` — the thresholded map's connected region around a point (used by the
    ``threshold`` refiner and for box prompts).
 
+:func:`trace_image_map` chains steps 1–4 for a :class:`~attendseg.trace.Trace`.
+
 Shapes: ``T`` recorded tokens, ``N`` image-token columns (all views, separators included),
 ``H × W`` the original image (rows × columns). Token-axis functions take ``torch.Tensor`` or
 ``np.ndarray`` and return ``torch.Tensor`` float32; image-frame functions take and return
@@ -48,6 +50,7 @@ __all__ = [
     "to_image",
     "peaks",
     "threshold_region",
+    "trace_image_map",
 ]
 
 
@@ -371,3 +374,27 @@ def threshold_region(
     if fill_holes and keep:
         mask = ndimage.binary_fill_holes(mask)
     return mask
+
+
+def trace_image_map(
+    trace,
+    token_indices: Sequence[int],
+    *,
+    aggregate: str = "mean",
+    normalisation: str = "mean",
+    sinks: str = "none",
+    k: float = 5.0,
+    layers=None,
+    heads=None,
+) -> np.ndarray:
+    """Steps 1–4 in one call: a phrase's ``[H, W]`` float32 map in the original image frame.
+
+    ``trace.token_maps(layers, heads)`` → :func:`phrase_map` (``aggregate``) → :func:`normalise`
+    (``normalisation``, over all the trace's tokens) → :func:`suppress_sinks` (``sinks``, ``k``)
+    → :func:`to_image` through ``trace.views`` at ``trace.image_size``.
+    """
+    tm = trace.token_maps(layers=layers, heads=heads)
+    m = phrase_map(tm, token_indices, aggregate)
+    m = normalise(m, tm, normalisation)
+    m = suppress_sinks(m, tm, trace.views, sinks, k=k)
+    return to_image(m, trace.views, trace.image_size)

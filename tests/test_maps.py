@@ -13,6 +13,7 @@ from attendseg.maps import (
     suppress_sinks,
     threshold_region,
     to_image,
+    trace_image_map,
     view_cells,
 )
 from attendseg.views import View, square_box
@@ -187,3 +188,23 @@ def test_threshold_region():
     assert both[30, 20] and both[30, 60]
     assert threshold_region(blob, np.array([[0.5, 0.5]])).sum() == 0  # point on background
     assert threshold_region(blob, threshold=0.95).sum() < one.sum()
+
+
+def test_trace_image_map_chain():
+    """A trace whose phrase token attends to one cell: the chain puts its peak on that cell."""
+    from attendseg.trace import Trace
+
+    W, H, n = 90, 60, 6
+    view = View(0, (n, n), square_box(W, H, "pad"))
+    T = 4
+    maps = torch.full((T, 1, 1, n * n), 1.0 / (n * n))
+    maps[:, 0, 0, 0] = 0.5  # a sink every token attends to
+    maps[2, 0, 0, 3 * n + 4] = 0.4  # the phrase token looks at cell (3, 4)
+    trace = Trace(
+        token_ids=torch.arange(T), text="a b c d", offsets=torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7]]),
+        maps=maps, views=[view], image_size=(W, H), layers=(0,), heads=(0,),
+    )
+    img = trace_image_map(trace, [2], sinks="corners")
+    assert img.shape == (H, W) and img.dtype == np.float32
+    (px, py), = peaks(img)
+    assert view.cell_of(px, py) == (3, 4)
