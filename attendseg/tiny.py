@@ -83,6 +83,7 @@ def build_llava(
     intermediate: int | None = None,
     pad_to_square: bool = False,
     seed: int = 0,
+    vision_feature_layer: int = -2,
 ) -> Path:
     """Write a random-weight ``LlavaForConditionalGeneration`` checkpoint folder.
 
@@ -97,6 +98,8 @@ def build_llava(
         pad_to_square: whether the image processor pads to a square (mean colour) before
             resizing, like the original LLaVA code; otherwise it resizes the short side and
             centre-crops, like llava-hf.
+        vision_feature_layer: which CLIP hidden state feeds the projector (LLaVA's -2 by
+            default; -1 uses the last layer, so no vision layer is computed in vain).
 
     Returns:
         The folder path.
@@ -143,7 +146,7 @@ def build_llava(
         text_config=text,
         image_token_index=image_token_id,
         image_seq_length=grid * grid,
-        vision_feature_layer=-2,
+        vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy="default",
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -168,4 +171,45 @@ def build_llava(
         num_additional_image_tokens=1,
     )
     processor.save_pretrained(folder)
+    return folder
+
+
+def build_sam(folder: str | Path, image_size: int = 64, seed: int = 0) -> Path:
+    """Write a random-weight ``SamModel`` + ``SamProcessor`` folder (PIL image processor).
+
+    ``image_size`` px input, 16 px patches, 16 × 16 low-resolution masks; loads by path exactly
+    like a hub SAM checkpoint. Its masks are meaningless: it exercises the plumbing.
+    """
+    from transformers import (
+        SamConfig,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    folder = Path(folder)
+    vision = SamVisionConfig(
+        hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+        image_size=image_size, patch_size=16, mlp_dim=64, global_attn_indexes=[1], window_size=2,
+        num_pos_feats=8,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=16, image_size=image_size, patch_size=16, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=32,
+                                   iou_head_hidden_dim=16)
+    config = SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
+                       mask_decoder_config=decoder.to_dict())
+    torch.manual_seed(seed)
+    SamModel(config).save_pretrained(folder)
+    low_res = image_size // 4
+    SamProcessor(
+        image_processor=SamImageProcessorPil(
+            size={"longest_edge": image_size},
+            pad_size={"height": image_size, "width": image_size},
+            mask_size={"longest_edge": low_res},
+            mask_pad_size={"height": low_res, "width": low_res},
+        )
+    ).save_pretrained(folder)
     return folder

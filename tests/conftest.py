@@ -58,3 +58,11 @@ def photos():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory):
+    """A random SamModel (64 px input, 4×4 embedding, 16×16 low-res masks) + SamProcessor folder."""
+    from attendseg.tiny import build_sam
+
+    return build_sam(tmp_path_factory.mktemp("tiny-sam"))

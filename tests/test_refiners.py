@@ -22,45 +22,6 @@ from attendseg.views import View, square_box
 
 
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def tiny_sam(tmp_path_factory):
-    """A random SamModel (64 px input, 4×4 embedding, 16×16 low-res masks) + a SamProcessor,
-    saved to one folder like a hub checkpoint."""
-    from transformers import (
-        SamConfig,
-        SamMaskDecoderConfig,
-        SamModel,
-        SamProcessor,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
-    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
-
-    folder = tmp_path_factory.mktemp("tiny-sam")
-    vision = SamVisionConfig(
-        hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=64,
-        patch_size=16, mlp_dim=64, global_attn_indexes=[1], window_size=2, num_pos_feats=8,
-    )
-    prompt = SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4)
-    decoder = SamMaskDecoderConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=32, iou_head_hidden_dim=16
-    )
-    config = SamConfig(
-        vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict()
-    )
-    torch.manual_seed(0)
-    SamModel(config).save_pretrained(folder)
-    SamProcessor(
-        image_processor=SamImageProcessorPil(
-            size={"longest_edge": 64},
-            pad_size={"height": 64, "width": 64},
-            mask_size={"longest_edge": 16},
-            mask_pad_size={"height": 16, "width": 16},
-        )
-    ).save_pretrained(folder)
-    return folder
-
-
 def shaded_scene(H=200, W=300, seed=0):
     """A shaded red ellipse on a textured grey background; returns (image, object mask)."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,206 @@
+"""The :class:`Grounder` facade: image(s) + prompt → one mask per noun phrase of the answer.
+
+```python
+from attendseg import Grounder
+grounder = Grounder.from_pretrained("llava-hf/llava-1.5-7b-hf", refiner="sam",
+                                    sam_model="facebook/sam-vit-huge")
+grounding = grounder.ground("dog.jpg")                 # generate an answer, ground its phrases
+grounding = grounder.ground_text("dog.jpg", "a dog on a sofa")   # ground a given text
+grounding.save_json("dog.json")
+```
+
+Pipeline per image (REFERENCE.md's steps): capture a :class:`~attendseg.trace.Trace` → phrases
+(:mod:`attendseg.phrases`) → per-phrase map, normalised, sinks suppressed, upsampled into the
+original image frame (:mod:`attendseg.maps`) → peak point prompt(s) → refiner
+(:mod:`attendseg.refiners`) → :class:`~attendseg.results.Grounding`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .attender import Attender, load
+from .errors import AttendsegError
+from .images import load_image
+from .maps import trace_image_map
+from .phrases import make_phrase_extractor
+from .refiners import make_refiner
+from .refiners.base import instance_prompts, map_prompt
+from .results import GroundedPhrase, Grounding
+from .trace import Trace
+
+DEFAULT_PROMPT = "Describe the image in detail."
+
+#: Checkpoint folders may carry this file with measured defaults for :class:`Settings` fields.
+SETTINGS_FILE = "attendseg.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How maps become prompts (defaults: the paper's, unless the checkpoint says otherwise).
+
+    Attributes:
+        layers: layers whose attention is averaged (``"all"`` or indices).
+        heads: heads averaged (``"all"`` or indices).
+        aggregate: how a phrase's tokens combine: ``"mean"`` | ``"max"`` | ``"first"``.
+        normalisation: ``"mean"`` subtracts the mean map over all answer tokens; ``"none"``.
+        sinks: attention-sink suppression: ``"none"`` | ``"corners"`` | ``"outliers"``.
+        points: positive points per phrase prompt (the top separated peaks).
+        instances: masks per phrase (one single-point prompt per separated peak).
+        box: also prompt with the box of the thresholded map.
+    """
+
+    layers: object = "all"
+    heads: object = "all"
+    aggregate: str = "mean"
+    normalisation: str = "mean"
+    sinks: str = "none"
+    points: int = 1
+    instances: int = 1
+    box: bool = False
+
+    def __post_init__(self):
+        checks = {"aggregate": ("mean", "max", "first"), "normalisation": ("mean", "none"),
+                  "sinks": ("none", "corners", "outliers")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise AttendsegError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.points < 1 or self.instances < 1:
+            raise AttendsegError("points and instances must be ≥ 1")
+
+
+def checkpoint_settings(model) -> dict:
+    """Measured defaults shipped in a local checkpoint folder's ``attendseg.json`` (or {})."""
+    path = Path(str(model)).expanduser() / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: v for k, v in data.get("settings", {}).items() if k in Settings.__dataclass_fields__}
+
+
+class Grounder:
+    """Attend-and-segment with one model, one phrase extractor and one refiner.
+
+    Args:
+        attender: a loaded model (:func:`attendseg.load`).
+        refiner: a refiner object (:func:`attendseg.refiners.make_refiner`).
+        phrases: a phrase extractor (:func:`attendseg.phrases.make_phrase_extractor`).
+        settings: map/prompt settings.
+        keep_heatmaps: keep each phrase's ``[H, W]`` map in the result.
+    """
+
+    def __init__(self, attender: Attender, refiner, phrases, settings: Settings | None = None,
+                 keep_heatmaps: bool = False):
+        self.attender = attender
+        self.refiner = refiner
+        self.phrases = phrases
+        self.settings = settings or Settings()
+        self.keep_heatmaps = keep_heatmaps
+
+    @classmethod
+    def from_pretrained(cls, model, refiner: str = "superpixel", sam_model: str | None = None,
+                        phrases="auto", device=None, dtype=None, keep_heatmaps: bool = False,
+                        refiner_options: dict | None = None, **settings) -> "Grounder":
+        """Load a model and build the pipeline.
+
+        Args:
+            model: hub id or folder of a supported LMM.
+            refiner: ``"superpixel"`` (default; weight-free), ``"sam"`` or ``"threshold"``.
+            sam_model: SAM hub id or folder (``refiner="sam"``; default ``facebook/sam-vit-huge``).
+            phrases: ``"auto"`` | ``"simple"`` | ``"spacy:NAME_OR_PATH"`` | ``"vocab:a,b"`` | a list.
+            settings: :class:`Settings` fields; unset fields come from the checkpoint's
+                ``attendseg.json`` when it has one, else the paper's defaults.
+        """
+        merged = {**checkpoint_settings(model), **settings}
+        config = Settings(**merged)  # validate before the (slow) model load
+        options = dict(refiner_options or {})
+        if refiner == "sam":
+            if sam_model:
+                options["model"] = sam_model
+            options.setdefault("device", device)
+        elif sam_model:
+            raise AttendsegError("--sam-model is only used with the sam refiner")
+        refiner_obj = make_refiner(refiner, **options)
+        extractor = make_phrase_extractor(phrases)
+        return cls(load(model, device=device, dtype=dtype), refiner_obj, extractor, config,
+                    keep_heatmaps)
+
+    # ----------------------------------------------------------------------------- public
+    def ground(self, images, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 256,
+               batch_size: int | None = None, progress: bool = False):
+        """Generate an answer for each image and ground its phrases.
+
+        Returns:
+            a :class:`Grounding` for one image, a list of them for a list.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        started = time.perf_counter()
+        traces = self.attender.attend(items, prompt, max_new_tokens=max_new_tokens,
+                                      layers=self.settings.layers, heads=self.settings.heads,
+                                      batch_size=batch_size, progress=progress)
+        seconds = (time.perf_counter() - started) / len(items)
+        out = [self.ground_trace(t, image, attend_seconds=seconds) for t, image in zip(traces, items)]
+        return out[0] if single else out
+
+    def ground_text(self, images, text, prompt: str = DEFAULT_PROMPT,
+                    batch_size: int | None = None):
+        """Ground a given text (a caption, a referring expression) by teacher forcing.
+
+        ``text`` is one string for all images or one per image.
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        traces = self.attender.attend_text(items, prompt, text, layers=self.settings.layers,
+                                           heads=self.settings.heads, batch_size=batch_size)
+        out = [self.ground_trace(t, image) for t, image in zip(traces, items)]
+        return out[0] if single else out
+
+    def ground_trace(self, trace: Trace, image, **meta) -> Grounding:
+        """Masks from a captured (or saved and reloaded) trace and its image."""
+        pil = load_image(image)
+        if pil.size != tuple(trace.image_size):
+            raise AttendsegError(f"the image is {pil.size[0]}×{pil.size[1]}, the trace was "
+                                 f"recorded on {trace.image_size[0]}×{trace.image_size[1]}")
+        phrases = self.phrases.extract(trace.text, trace.offsets)
+        entries, prompts = [], []
+        for phrase in phrases:
+            image_map = trace_image_map(trace, phrase.tokens, aggregate=self.settings.aggregate,
+                                        normalisation=self.settings.normalisation,
+                                        sinks=self.settings.sinks)
+            for prompt in self._prompts(image_map):
+                entries.append((phrase, image_map))
+                prompts.append(prompt)
+        masks = []
+        if prompts:
+            self.refiner.set_image(np.asarray(pil))
+            masks = self.refiner.refine(prompts)
+        grounded = [
+            GroundedPhrase(text=phrase.text, span=phrase.span, root=phrase.root,
+                           tokens=phrase.tokens, points=prompt.points, mask=result.mask, box=None,
+                           score=result.score, heatmap=image_map if self.keep_heatmaps else None)
+            for (phrase, image_map), prompt, result in zip(entries, prompts, masks)
+        ]
+        settings = {k: (list(v) if isinstance(v, (tuple, range)) else v)
+                    for k, v in asdict(self.settings).items()}
+        return Grounding(image_size=pil.size, answer=trace.text, prompt=trace.prompt,
+                         model=trace.model_id, refiner=getattr(self.refiner, "name", "?"),
+                         phrases=grounded,
+                         image_path=str(image) if isinstance(image, (str, Path)) else None,
+                         meta={"settings": settings, "mode": trace.mode, "rows": trace.rows, **meta})
+
+    def _prompts(self, image_map: np.ndarray):
+        s = self.settings
+        if s.instances > 1:
+            return instance_prompts(image_map, s.instances, box=s.box)
+        return [map_prompt(image_map, k=s.points, box=s.box)]
+
+    def with_settings(self, **changes) -> "Grounder":
+        """A grounder sharing this one's model and refiner, with some settings changed."""
+        return Grounder(self.attender, self.refiner, self.phrases, replace(self.settings, **changes),
+                        self.keep_heatmaps)

@@ -1,0 +1,237 @@
+"""Capture cost: plain sdpa generation vs attendseg capture vs eager ``output_attentions``.
+
+A random-weight LLaVA with LLaVA-1.5's image-token count (336 px / patch 14 → 24 × 24 = 576) and
+a scaled Llama text model generates a fixed number of tokens (EOS suppressed) three ways, each in
+its own process, the modes interleaved over repeats:
+
+* ``plain``   — ``generate`` with sdpa attention (the speed to match);
+* ``capture`` — attendseg capture on (mean over all layers and heads, as the method uses);
+* ``eager``   — eager attention, ``output_attentions=True, return_dict_in_generate=True``: the
+  reference implementation's way, keeping every layer's full attention.
+
+Peak memory is the process's resident set (CPU) or ``max_memory_allocated`` (CUDA) during
+``generate``; "added" is the peak minus the level just before ``generate`` (model loaded, inputs
+built). Usage::
+
+    python benchmarks/capture.py                      # CPU, the default config
+    python benchmarks/capture.py --device cuda --dtype bf16 --text-config llava-1.5-7b
+    python benchmarks/capture.py --write BENCHMARKS.md  # also record the table there
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+MODES = ("plain", "capture", "eager")
+TEXT_CONFIGS = {
+    # Vicuna-7B's attention geometry (32 layers × 32 heads: what eager attention keeps scales
+    # with layers × heads × sequence²) at a width that runs on a CPU
+    "7b-shape-narrow": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=32,
+                            num_attention_heads=32, num_key_value_heads=32),
+    # LLaVA-1.5-7B's language model (Vicuna-7B) shape
+    "llava-1.5-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=32),
+}
+
+
+def build(args):
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    text = LlamaConfig(vocab_size=32064, max_position_embeddings=4096, **TEXT_CONFIGS[args.text_config])
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=336, patch_size=14)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000,
+                         image_seq_length=576)
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = LlavaForConditionalGeneration(config)
+    return model.to(torch.bfloat16 if args.dtype == "bf16" else torch.float32).eval()
+
+
+def inputs(args, model):
+    import torch
+
+    torch.manual_seed(1)
+    prompt = torch.randint(100, 31000, (1, 40))
+    image = torch.full((1, 576), 32000)
+    ids = torch.cat([prompt[:, :5], image, prompt[:, 5:]], 1).to(args.device)
+    pixels = torch.randn(1, 3, 336, 336, device=args.device, dtype=model.dtype)
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels)
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled every millisecond) or CUDA peak allocation."""
+
+    def __init__(self, device):
+        self.cuda = device.startswith("cuda")
+
+    def current(self) -> int:
+        if self.cuda:
+            import torch
+
+            return torch.cuda.memory_allocated()
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.start = self.current()
+        self.peak = self.start
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self.current())
+
+
+def worker(args) -> dict:
+    import torch
+
+    from attendseg import capture  # imported in every mode, so baselines match
+
+    torch.set_num_threads(args.threads)
+    model = build(args)
+    batch = inputs(args, model)
+    kwargs = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
+                  pad_token_id=0, eos_token_id=None)
+    recorder = None
+    if args.mode == "capture":
+        capture.enable(model.model.language_model)
+        key_index = torch.nonzero(batch["input_ids"][0] == 32000).squeeze(1)[None]
+        recorder = capture.Recorder(key_index, layers=range(model.config.text_config.num_hidden_layers))
+    elif args.mode == "eager":
+        model.set_attn_implementation("eager")
+        kwargs.update(output_attentions=True, return_dict_in_generate=True)
+    with torch.inference_mode():  # warm-up (kernels, allocator)
+        model.generate(**batch, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    with torch.inference_mode(), PeakMemory(args.device) as memory:
+        start = time.perf_counter()
+        if recorder is not None:
+            with capture.recording(recorder):
+                out = model.generate(**batch, **kwargs)
+            maps = recorder.maps()
+        else:
+            out = model.generate(**batch, **kwargs)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    generated = sequences.shape[1] - batch["input_ids"].shape[1]
+    if recorder is not None:
+        assert maps.shape[1] == generated, (maps.shape, generated)
+    return dict(mode=args.mode, seconds=seconds, peak=memory.peak, added=memory.peak - memory.start,
+                tokens=generated, sequence=batch["input_ids"].shape[1])
+
+
+def run_all(args) -> dict:
+    results = {mode: [] for mode in MODES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for mode in MODES:
+                out = Path(tmp) / f"{mode}{repeat}.json"
+                cmd = [sys.executable, __file__, "--worker", mode, "--json", str(out)]
+                cmd += ["--device", args.device, "--dtype", args.dtype, "--tokens", str(args.tokens),
+                        "--text-config", args.text_config, "--threads", str(args.threads)]
+                subprocess.run(cmd, check=True)
+                results[mode].append(json.loads(out.read_text()))
+                r = results[mode][-1]
+                print(f"  {mode:8s} run {repeat + 1}: {r['seconds']:.2f} s, peak {r['peak'] / 2**20:.0f} MiB, "
+                      f"added {r['added'] / 2**20:.0f} MiB", flush=True)
+    return results
+
+
+def summarise(args, results) -> str:
+    med = {m: {k: statistics.median(r[k] for r in runs) for k in ("seconds", "peak", "added")}
+           for m, runs in results.items()}
+    first = results["plain"][0]
+    lines = [
+        f"Config: random LLaVA, 576 image tokens, text `{args.text_config}` "
+        f"({json.dumps(TEXT_CONFIGS[args.text_config])}), {args.dtype}, device `{args.device}`"
+        f" ({platform.processor() or platform.machine()}, {args.threads} threads), prompt "
+        f"{first['sequence']} tokens, {first['tokens']} generated tokens, median of {args.repeats} "
+        f"runs per mode, modes interleaved, one process per run.",
+        "",
+        "| mode | time (s) | peak memory (MiB) | added during generate (MiB) |",
+        "|---|---|---|---|",
+    ]
+    for mode in MODES:
+        m = med[mode]
+        lines.append(f"| {mode} | {m['seconds']:.2f} | {m['peak'] / 2**20:.0f} | {m['added'] / 2**20:.0f} |")
+    ratio = lambda a, b, k: med[a][k] / med[b][k] if med[b][k] else float("nan")  # noqa: E731
+    lines += [
+        "",
+        f"- capture / plain: time **{ratio('capture', 'plain', 'seconds'):.3f}×**, "
+        f"peak memory **{ratio('capture', 'plain', 'peak'):.3f}×** "
+        f"(added: {ratio('capture', 'plain', 'added'):.2f}×)",
+        f"- eager reference / capture: peak memory **{ratio('eager', 'capture', 'peak'):.2f}×**, "
+        f"added memory **{ratio('eager', 'capture', 'added'):.1f}×**, time {ratio('eager', 'capture', 'seconds'):.2f}×",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, key: str, body: str):
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--text-config", default="7b-shape-narrow", choices=sorted(TEXT_CONFIGS))
+    parser.add_argument("--write", type=Path, help="markdown file to record the table in")
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.mode = args.worker
+        args.json.write_text(json.dumps(worker(args)))
+        return
+    results = run_all(args)
+    table = summarise(args, results)
+    print("\n" + table)
+    if args.write:
+        write_section(args.write, f"capture-{args.device.split(':')[0]}-{args.text_config}", table)
+
+
+if __name__ == "__main__":
+    main()

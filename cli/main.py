@@ -1,0 +1,220 @@
+"""The ``attendseg`` command line: thin — parse, call the library, print.
+
+User mistakes (a missing model, a bad option value) print one ``error:`` line and exit with
+status 2; images that cannot be read are listed in the run's summary, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="attendseg",
+    help="Training-free pixel grounding: one mask per noun phrase of a multimodal model's "
+    "answer, from the model's own attention.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(help="Measure grounding quality.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+MODEL_HELP = "Hub id or folder of a supported model (default: the bundled shapes-world demo model)."
+
+
+def _fail(message: str, code: int = 2):
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _quiet_transformers():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _model(model: Optional[str]) -> str:
+    if model:
+        return model
+    from attendseg.demo import bundled_model
+
+    return str(bundled_model())
+
+
+def _version(value: bool):
+    if value:
+        from attendseg import __version__
+
+        typer.echo(f"attendseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """attendseg command line."""
+
+
+def _output_folder(out: Path, paths: List[Path]) -> Path:
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} exists and is not a folder")
+    for path in paths:
+        if path.is_file() and path.resolve() == out.resolve():
+            _fail(f"--out {out} is one of the inputs")
+    return out
+
+
+def _print_summary(summary, out: Path):
+    for line in summary.lines():
+        typer.echo(line)
+    typer.echo(f"outputs in {out}")
+    if summary.failed and not (summary.written or summary.existing):
+        raise typer.Exit(1)
+
+
+@app.command()
+def ground(
+    paths: List[Path] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
+    out: Path = typer.Option(Path("attendseg-out"), "--out", "-o", help="Output folder (mirrors the input tree)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    prompt: str = typer.Option("Describe the image in detail.", "--prompt", "-p", help="What the model is asked."),
+    text: Optional[str] = typer.Option(None, "--text", help="Ground this text instead of generating an answer."),
+    refiner: str = typer.Option("superpixel", "--refiner", "-r", help="sam | superpixel | threshold."),
+    sam_model: Optional[str] = typer.Option(None, "--sam-model", help="SAM hub id or folder (with --refiner sam; default facebook/sam-vit-huge)."),
+    sam_choice: str = typer.Option("last", "--sam-choice", help="SAM mask: last | best-iou | whole | part | subpart."),
+    phrases: str = typer.Option("auto", "--phrases", help="auto | simple | spacy:NAME_OR_PATH | vocab:word,word."),
+    keep_nonvisual: bool = typer.Option(False, "--keep-nonvisual", help="Also ground pronouns and non-visual nouns."),
+    overlays: bool = typer.Option(False, "--overlays", help="Also write an overlay PNG per image."),
+    masks_png: bool = typer.Option(False, "--masks-png", help="Also write one PNG mask per phrase."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per model call."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."),
+    normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's, else mean)."),
+    sinks: Optional[str] = typer.Option(None, "--sinks", help="none | corners | outliers."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose JSON already exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Ground every noun phrase of the model's answer: one JSON per image (masks as COCO RLE)."""
+    from attendseg import AttendsegError, Grounder, make_phrase_extractor, viz
+    from attendseg.batch import atomic_save_image, collect, run
+
+    _quiet_transformers()
+    out = _output_folder(out, paths)
+    settings = {k: v for k, v in dict(normalisation=normalisation, sinks=sinks).items() if v is not None}
+    try:
+        jobs, ignored = collect(paths, exclude=out)
+        if not jobs:
+            _fail("no images found in " + ", ".join(map(str, paths)))
+        options = {"choice": sam_choice} if refiner == "sam" else {}
+        grounder = Grounder.from_pretrained(_model(model), refiner=refiner, sam_model=sam_model,
+                                            phrases=make_phrase_extractor(phrases, filter_nonvisual=not keep_nonvisual),
+                                            device=device, dtype=dtype, refiner_options=options, **settings)
+    except AttendsegError as error:
+        _fail(str(error))
+
+    def process(batch):
+        images = [image for _, image in batch]
+        if text is None:
+            results = grounder.ground(images, prompt=prompt, max_new_tokens=max_new_tokens)
+        else:
+            results = grounder.ground_text(images, text, prompt=prompt)
+        for (job, image), grounding in zip(batch, results):
+            grounding.image_path = str(job.source)
+            if overlays:
+                atomic_save_image(viz.overlay(image, grounding), job.output(out, ".overlay.png"))
+            if masks_png:
+                grounding.save_masks_png(job.output(out, ".masks"))
+            path = job.output(out, ".json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            grounding.save_json(path)
+        return sum(len(g.phrases) for g in results)
+
+    from attendseg.batch import Summary
+
+    summary = run(jobs, out, process, done_suffix=".json", overwrite=overwrite, batch_size=batch_size,
+                  progress=not quiet, summary=Summary(ignored=ignored))
+    _print_summary(summary, out)
+
+
+@app.command()
+def attend(
+    paths: List[Path] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
+    out: Path = typer.Option(Path("attendseg-traces"), "--out", "-o", help="Output folder."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    prompt: str = typer.Option("Describe the image in detail.", "--prompt", "-p"),
+    text: Optional[str] = typer.Option(None, "--text", help="Teacher-force this text instead of generating."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Layers to record: all, or e.g. 0,1,5 or 10-20."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Keep each layer's map separately."),
+    grid: bool = typer.Option(True, "--grid/--no-grid", help="Write a per-token heatmap grid PNG."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Record attention only: one Trace (.safetensors) per image and a per-token heatmap grid."""
+    import attendseg
+    from attendseg import AttendsegError, viz
+    from attendseg.batch import Summary, atomic_save_image, collect, run
+    from attendseg.maps import to_image
+
+    _quiet_transformers()
+    out = _output_folder(out, paths)
+    try:
+        layer_list = _parse_layers(layers)
+        jobs, ignored = collect(paths, exclude=out)
+        if not jobs:
+            _fail("no images found in " + ", ".join(map(str, paths)))
+        attender = attendseg.load(_model(model), device=device, dtype=dtype)
+    except AttendsegError as error:
+        _fail(str(error))
+
+    def process(batch):
+        images = [image for _, image in batch]
+        options = dict(layers=layer_list, per_layer=per_layer)
+        if text is None:
+            traces = attender.attend(images, prompt, max_new_tokens=max_new_tokens, **options)
+        else:
+            traces = attender.attend_text(images, prompt, text, **options)
+        for (job, image), trace in zip(batch, traces):
+            if grid:
+                maps = [to_image(m, trace.views, trace.image_size) for m in trace.token_maps()]
+                atomic_save_image(viz.heatmap_grid(image, trace.tokens, maps), job.output(out, ".heatmaps.png"))
+            trace.save(job.output(out, ".trace.safetensors"))
+        return 0
+
+    summary = run(jobs, out, process, done_suffix=".trace.safetensors", overwrite=overwrite,
+                  batch_size=batch_size, progress=not quiet, summary=Summary(ignored=ignored))
+    _print_summary(summary, out)
+
+
+def _parse_layers(spec: Optional[str]):
+    from attendseg import AttendsegError
+
+    if spec is None or spec == "all":
+        return "all"
+    layers = []
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                layers += list(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise AttendsegError(f"--layers: cannot read {spec!r} (use all, 0,1,5 or 10-20)") from None
+    return layers
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
