@@ -168,11 +168,13 @@ class Grounder:
             raise AttendsegError(f"the image is {pil.size[0]}×{pil.size[1]}, the trace was "
                                  f"recorded on {trace.image_size[0]}×{trace.image_size[1]}")
         phrases = self.phrases.extract(trace.text, trace.offsets)
+        # a per-layer trace grounds with the chosen layers; an averaged one with what it kept
+        layers = self.settings.layers if trace.per_layer and self.settings.layers != "all" else None
         entries, prompts = [], []
         for phrase in phrases:
             image_map = trace_image_map(trace, phrase.tokens, aggregate=self.settings.aggregate,
                                         normalisation=self.settings.normalisation,
-                                        sinks=self.settings.sinks)
+                                        sinks=self.settings.sinks, layers=layers)
             for prompt in self._prompts(image_map):
                 entries.append((phrase, image_map))
                 prompts.append(prompt)

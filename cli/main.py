@@ -198,6 +198,61 @@ def attend(
     _print_summary(summary, out)
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("attendseg-demo"), "--out", "-o", help="Output folder."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    refiner: str = typer.Option("superpixel", "--refiner", "-r", help="superpixel | threshold."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Ground the fixed demo scenes with the bundled model: overlays, a contact sheet, metrics."""
+    from attendseg import AttendsegError
+    from attendseg.demo import run_demo
+
+    _quiet_transformers()
+    try:
+        metrics = run_demo(out.expanduser(), model=model, refiner=refiner, progress=not quiet)
+    except AttendsegError as error:
+        _fail(str(error))
+    typer.echo(f"{metrics['scenes']} scenes, {metrics['objects']} objects: caption exact-match "
+               f"{metrics['caption_exact']:.2f}, point accuracy {metrics['point_accuracy']:.2f}, "
+               f"mean IoU {metrics['mean_iou_of_named_objects']:.2f}")
+    typer.echo(f"overlays, contact_sheet.png and metrics.json in {out}")
+
+
+@eval_app.command("shapes")
+def eval_shapes(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    refiner: List[str] = typer.Option(["superpixel", "threshold"], "--refiner", "-r",
+                                      help="Refiners to score (repeat the option): superpixel, threshold, sam."),
+    sam_model: Optional[str] = typer.Option(None, "--sam-model", help="SAM hub id or folder (with -r sam)."),
+    n: int = typer.Option(500, "--n", min=1, help="Held-out scenes."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Held-out set (0: the standard test set)."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Also report each layer's point accuracy."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Score an untrained copy and a random point."),
+    normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's)."),
+    batch_size: int = typer.Option(25, "--batch-size", "-b", min=1),
+    device: Optional[str] = typer.Option(None, "--device"),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Grounding quality on held-out shapes-world scenes (never seen in training)."""
+    import json
+
+    from attendseg import AttendsegError
+    from attendseg.shapes_eval import evaluate_shapes, format_table
+
+    _quiet_transformers()
+    settings = {"normalisation": normalisation} if normalisation else {}
+    try:
+        results = evaluate_shapes(_model(model), refiners=tuple(refiner), n=n, seed=seed, batch_size=batch_size,
+                                  per_layer=per_layer, sam_model=sam_model, baselines=baselines, device=device,
+                                  progress=not quiet, **settings)
+    except AttendsegError as error:
+        _fail(str(error))
+    typer.echo(json.dumps(results, indent=1) if json_out else format_table(results))
+
+
 def _parse_layers(spec: Optional[str]):
     from attendseg import AttendsegError
 
