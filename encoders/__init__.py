@@ -15,7 +15,8 @@ Public API:
 - :class:`DiffusionVisionTower`, :class:`SDCLIPBlock`, :func:`unet_up_block_features`: the
   encoder pieces (early-stopping UNet features at any up-block(s), timestep, ensemble size).
 - :func:`make_processor`: the ``LlavaProcessor`` (grey pad, 384 px, [-1, 1], 24 × 24 tokens).
-- :class:`DiffLMMAdapter`: the attendseg adapter (LLaVA's, with :func:`load_difflmm`).
+- :class:`DiffLMMAdapter`: the attendseg adapter (LLaVA's, with :func:`load_difflmm`); not
+  registered on import.
 - :mod:`attendseg.encoders.tiny`: tiny random models and release-layout writers for tests.
 """
 
@@ -49,7 +50,7 @@ def _register() -> None:
 
 _register()
 
-from .adapter import DiffLMMAdapter  # noqa: E402  (registers the attendseg adapter)
+from .adapter import DiffLMMAdapter  # noqa: E402  (not registered: attendseg.adapters does that)
 
 __all__ = [
     "DiffLMMAdapter",

@@ -272,16 +272,17 @@ def _check_base_name(adapter_config: Mapping[str, Any], base: str, base_config: 
 def map_non_lora_trainables(state: Mapping[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
     """Split ``non_lora_trainables.bin`` into ``(projector, language_model, ignored)``.
 
-    Key handling follows the original loader: a leading ``base_model.`` is stripped, then a
-    doubled ``model.``; ``model.mm_projector.<name>`` goes to the projector (``<name>``), other
+    Key handling follows the original loader: a leading ``base_model.`` is stripped, then, when
+    some key starts with ``model.model.``, a leading ``model.`` of every key; ``model.mm_projector.<name>`` goes to the projector (``<name>``), other
     ``model.*`` / ``lm_head.*`` keys to the language model (``LlamaForCausalLM`` names); vision
     tower keys (frozen in training) and anything else are ignored.
     """
     projector, llm, ignored = {}, {}, []
+    keys = {key: key[len("base_model."):] if key.startswith("base_model.") else key for key in state}
+    if any(k.startswith("model.model.") for k in keys.values()):  # PEFT's extra `model.` level
+        keys = {key: k[len("model."):] if k.startswith("model.") else k for key, k in keys.items()}
     for key, value in state.items():
-        k = key[len("base_model."):] if key.startswith("base_model.") else key
-        if k.startswith("model.model."):
-            k = k[len("model."):]
+        k = keys[key]
         if "mm_projector." in k:
             projector[k.split("mm_projector.", 1)[1]] = value
         elif k.startswith("model.vision_tower.") or "vision_tower" in k:

@@ -93,7 +93,8 @@ class DiffLMMVisionConfig(PreTrainedConfig):
             ``False`` is not supported).
         concat_clip: concatenate CLIP patch features to the projected UNet features.
         caption_dim: width of the implicit caption tokens (the UNet's ``cross_attention_dim``).
-        sd_proj_dim: output channels of the projector's 1×1 conv (default: CLIP's hidden size).
+        sd_proj_dim: output channels of the projector's 1×1 conv (default: a quarter of the
+            language model's hidden size, as the authors: 1024 for Vicuna-7B).
         deterministic: latent ``mode()`` instead of a sample and noise from a generator seeded
             with ``seed`` on every call; ``False`` draws fresh noise (the paper's behaviour).
         seed: seed of the noise when ``deterministic``.
@@ -134,8 +135,6 @@ class DiffLMMVisionConfig(PreTrainedConfig):
             self.clip_image_mean = list(OPENAI_CLIP_MEAN)
         if self.clip_image_std is None:
             self.clip_image_std = list(OPENAI_CLIP_STD)
-        if self.sd_proj_dim is None:
-            self.sd_proj_dim = int(self.clip_config.get("hidden_size", 768))
         super().__post_init__(**kwargs)
 
     @property

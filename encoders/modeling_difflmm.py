@@ -9,11 +9,11 @@ so attention capture and the LLaVA adapter's Views work unchanged.
 
 Image path, per image (``pixel_values``: ``(B, 3, S, S)`` in [-1, 1], S = 384 for the paper):
 
-1. CLIP: resize to CLIP's input size (bicubic, antialiased), re-normalise to CLIP statistics,
+1. CLIP: resize to CLIP's input size (bilinear), re-normalise to CLIP statistics,
    hidden state ``clip_feature_layer`` (penultimate) without CLS → ``(B, N, 1024)``.
 2. Implicit caption: ``clip_projector`` MLP + ``clip_pe`` → ``(B, N, 768)``, the UNet's
    cross-attention conditioning in place of a text prompt.
-3. VAE latent (``mode()`` when deterministic, else a sample) × scaling factor; noised to
+3. VAE latent (``mode()`` when deterministic, else one posterior sample per draw) × scaling factor; noised to
    ``timestep`` with the scheduler's ``add_noise`` (E = ``ensemble_size`` noise draws, batched);
    the UNet runs up to the last up-block needed (:func:`unet_up_block_features`); features are
    averaged over the E draws → ``(B, 1280, 24, 24)``.
@@ -106,9 +106,9 @@ class DiffusionVisionTower(nn.Module):
             clip.config._attn_implementation_internal = VISION_ATTENTION
         size = clip.config.image_size
         x = pixel_values.float()
-        if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        x = (x.clamp(-1, 1) + 1) / 2
+        if tuple(x.shape[-2:]) != (size, size):  # bilinear, as the authors' code (384 → 336)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        x = x * 0.5 + 0.5
         mean = torch.tensor(cfg.clip_image_mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(cfg.clip_image_std, device=x.device).view(1, -1, 1, 1)
         x = ((x - mean) / std).to(clip.dtype)
@@ -118,10 +118,23 @@ class DiffusionVisionTower(nn.Module):
     def latents(self, pixel_values: torch.Tensor, *, generator: torch.Generator | None = None,
                 deterministic: bool | None = None) -> torch.Tensor:
         """Scaled VAE latents ``(B, 4, S/8, S/8)`` (``mode()`` when deterministic)."""
+        return self._latents(pixel_values, 1, generator, deterministic)
+
+    def _latents(self, pixel_values, draws: int, generator, deterministic) -> torch.Tensor:
+        """``(draws·B, ...)`` scaled latents, draw-major: the mode repeated, or one sample per draw."""
         deterministic = self.config.deterministic if deterministic is None else deterministic
         vae = self.vae
         dist = vae.encode(pixel_values.to(vae.dtype)).latent_dist
-        z = dist.mode() if deterministic else dist.sample(generator=generator)
+        if deterministic:
+            z = dist.mode().repeat(draws, 1, 1, 1)
+        else:  # each draw samples the posterior, like encoding the image once per draw
+            mean, std = dist.mean.repeat(draws, 1, 1, 1), dist.std.repeat(draws, 1, 1, 1)
+            if generator is not None:
+                eps = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=torch.float32)
+                eps = eps.to(mean.device, mean.dtype)
+            else:
+                eps = torch.randn_like(mean)
+            z = mean + std * eps
         shift = getattr(vae.config, "shift_factor", None)
         if shift is not None:
             z = z - shift
@@ -162,9 +175,8 @@ class DiffusionVisionTower(nn.Module):
         n_steps = int(self.scheduler.config.num_train_timesteps)
         if not 0 <= timestep < n_steps:
             raise AttendsegError(f"timestep must be in [0, {n_steps}), got {timestep}")
-        z = self.latents(pixel_values, generator=generator, deterministic=deterministic)
-        b = z.shape[0]
-        z = z.repeat(e, 1, 1, 1)  # (E·B, ...), draw-major
+        z = self._latents(pixel_values, e, generator, deterministic)  # (E·B, ...), draw-major
+        b = z.shape[0] // e
         if generator is None and deterministic:
             # every image gets the noise of a fresh generator seeded with `seed`: results do not
             # depend on the batch an image is in, nor on the device
@@ -199,9 +211,10 @@ class SDCLIPBlock(nn.Module):
         self.clip_projector = nn.Sequential(nn.Linear(clip_dim, cap), nn.GELU(), nn.Linear(cap, cap))
         self.clip_pe = nn.Parameter(torch.zeros(v.clip_grid**2, cap))
         self.sd_norm_layer = nn.LayerNorm(v.feature_channels)
-        self.sd_proj_layer = nn.Sequential(nn.Conv2d(v.feature_channels, v.sd_proj_dim, kernel_size=1), nn.GELU())
+        proj_dim = v.sd_proj_dim or text // 4  # the authors' width: a quarter of the LLM's
+        self.sd_proj_layer = nn.Sequential(nn.Conv2d(v.feature_channels, proj_dim, kernel_size=1), nn.GELU())
         self.concat_clip = bool(v.concat_clip)
-        in_dim = v.sd_proj_dim + (clip_dim if self.concat_clip else 0)
+        in_dim = proj_dim + (clip_dim if self.concat_clip else 0)
         self.linear = nn.Sequential(nn.Linear(in_dim, text), nn.GELU(), nn.Linear(text, text))
         self.vt_pe = nn.Parameter(torch.zeros(v.num_image_tokens, text))
 

@@ -170,6 +170,8 @@ def test_seeded_runs_bit_identical_and_settings_matter(tiny, inputs):
                            feats(generator=torch.Generator().manual_seed(5)))
         assert not torch.equal(feats(generator=torch.Generator().manual_seed(5)), feats())
         assert not torch.equal(feats(deterministic=False), feats(deterministic=False))
+        assert torch.equal(feats(deterministic=False, generator=torch.Generator().manual_seed(2)),
+                           feats(deterministic=False, generator=torch.Generator().manual_seed(2)))
         assert torch.equal(feats(ensemble_size=3), feats(ensemble_size=3))
         assert not torch.equal(feats(ensemble_size=3), feats())
         assert not torch.equal(feats(timestep=500), feats())
@@ -393,3 +395,49 @@ def test_not_a_difflmm_checkpoint(tiny_llava, tmp_path):
         load_difflmm(tiny_llava, device="cpu")
     with pytest.raises(AttendsegError, match="does not exist"):
         load_difflmm(tmp_path / "nowhere", device="cpu")
+
+
+# ------------------------------------------------------------------------------ loader pieces
+def test_non_lora_trainable_key_mapping():
+    from attendseg.encoders import map_non_lora_trainables
+
+    w = torch.zeros(1)
+    projector, llm, ignored = map_non_lora_trainables({
+        "base_model.model.model.mm_projector.linear.0.weight": w,
+        "model.mm_projector.vt_pe": w,
+        "mm_projector.clip_pe": w,
+        "base_model.model.model.embed_tokens.weight": w,
+        "base_model.model.lm_head.weight": w,
+        "base_model.model.model.vision_tower.unet.conv_in.weight": w,
+        "something.else": w,
+    })
+    assert sorted(projector) == ["clip_pe", "linear.0.weight", "vt_pe"]
+    assert sorted(llm) == ["lm_head.weight", "model.embed_tokens.weight"]
+    assert len(ignored) == 2
+
+
+def test_image_token_added_to_a_vicuna_like_tokenizer():
+    """Vicuna's vocabulary has no ``<image>``: it is added and the embeddings grow to a multiple of 64."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from attendseg.encoders.checkpoint import _ensure_image_token
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *WORDS])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
+                                        eos_token="</s>")
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                       num_hidden_layers=1, num_attention_heads=2))
+    old = llm.get_output_embeddings().weight.detach().clone()
+    image_id = _ensure_image_token(tokenizer, llm)
+    assert image_id == len(vocab) and tokenizer.pad_token == "<unk>"
+    ids = tokenizer("describe <image> the", add_special_tokens=False)["input_ids"]
+    assert ids == [vocab["describe"], image_id, vocab["the"]]
+    head = llm.get_output_embeddings().weight
+    assert head.shape[0] == 64 and llm.get_input_embeddings().weight.shape[0] == 64
+    assert torch.equal(head[: len(vocab)], old)
+    assert torch.allclose(head[image_id], old.mean(0), atol=1e-6)
