@@ -150,6 +150,9 @@ class Attender:
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise AttendsegError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        for option in ("num_beams", "num_return_sequences"):
+            if generate_kwargs.get(option, 1) != 1:
+                raise AttendsegError(f"{option} > 1 is not supported: capture follows one sequence per image")
         return self._run(images, prompt, None, "predicting", layers, heads, per_layer, per_head,
                          batch_size, progress, dict(max_new_tokens=max_new_tokens, **generate_kwargs))
 

@@ -110,3 +110,8 @@ def test_exif_rotation_is_applied(tmp_path, photos):
     path = tmp_path / "rotated.jpg"
     image.save(path, exif=exif)
     assert load_image(path).size == (427, 640)
+
+
+def test_beam_search_is_refused(attender):
+    with pytest.raises(AttendsegError, match="num_beams"):
+        attender.attend(np.zeros((32, 32, 3), np.uint8), "describe", num_beams=3)
