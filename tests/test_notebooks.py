@@ -116,6 +116,7 @@ def test_notebooks_are_committed_without_outputs():
                 assert not cell.outputs and cell.execution_count is None, f"{name} has outputs"
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 def test_attention_and_masks(kernel_dir, tmp_path):
     nb = run_notebook("01_attention_and_masks.ipynb", kernel_dir, tmp_path)
     text = text_of(nb)
