@@ -207,7 +207,8 @@ class Attender:
         with torch.inference_mode(), capture.recording(recorder):
             if texts is None:
                 tokenizer = self.adapter.tokenizer
-                kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                              **self.adapter.generation_defaults())
                 kwargs.update(generate_kwargs)
                 sequences = self.model.generate(**prepared.inputs, **kwargs)
             else:

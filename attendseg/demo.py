@@ -7,7 +7,6 @@ bundled model, and writes per-scene overlays, a contact sheet and a metrics summ
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,6 @@ def bundled_model() -> Path:
     if not (BUNDLED_MODEL / "config.json").exists():
         raise AttendsegError(f"the bundled demo model is missing from {BUNDLED_MODEL}; pass --model")
     return BUNDLED_MODEL
-
-
-def zoomed(image: np.ndarray, grounding, factor: int):
-    """Image and grounding magnified ``factor``× (nearest neighbour), for legible overlays."""
-    big = np.kron(image, np.ones((factor, factor, 1), dtype=image.dtype))
-    phrases = [replace(p, mask=None if p.mask is None else np.kron(p.mask, np.ones((factor, factor), bool)),
-                       points=p.points * factor, box=None, heatmap=None) for p in grounding.phrases]
-    w, h = grounding.image_size
-    return big, replace(grounding, phrases=phrases, image_size=(w * factor, h * factor))
 
 
 def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool = True) -> dict:
@@ -69,7 +59,7 @@ def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool 
             hits += bool(point_in_mask(phrase.points[0], scene.masks[k]))
             inter = np.logical_and(phrase.mask, scene.masks[k]).sum()
             ious.append(inter / max(np.logical_or(phrase.mask, scene.masks[k]).sum(), 1))
-        picture = viz.overlay(*zoomed(scene.image, grounding, ZOOM))
+        picture = viz.overlay(*viz.zoom(scene.image, grounding, ZOOM))
         sheet.append(atomic_save_image(picture, out / f"scene_{scene.seed}.png"))
     metrics = {
         "model": str(model), "refiner": refiner, "scenes": len(scenes), "objects": objects,

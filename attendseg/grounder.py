@@ -109,14 +109,16 @@ class Grounder:
         """Load a model and build the pipeline.
 
         Args:
-            model: hub id or folder of a supported LMM.
+            model: hub id or folder of a supported LMM, or an already loaded
+                :class:`~attendseg.attender.Attender` (not loaded again).
             refiner: ``"superpixel"`` (default; weight-free), ``"sam"`` or ``"threshold"``.
             sam_model: SAM hub id or folder (``refiner="sam"``; default ``facebook/sam-vit-huge``).
             phrases: ``"auto"`` | ``"simple"`` | ``"spacy:NAME_OR_PATH"`` | ``"vocab:a,b"`` | a list.
             settings: :class:`Settings` fields; unset fields come from the checkpoint's
                 ``attendseg.json`` when it has one, else the paper's defaults.
         """
-        merged = {**checkpoint_settings(model), **settings}
+        source = model.model_id if isinstance(model, Attender) else model
+        merged = {**checkpoint_settings(source), **settings}
         config = Settings(**merged)  # validate before the (slow) model load
         options = dict(refiner_options or {})
         if refiner == "sam":
@@ -127,8 +129,8 @@ class Grounder:
             raise AttendsegError("--sam-model is only used with the sam refiner")
         refiner_obj = make_refiner(refiner, **options)
         extractor = make_phrase_extractor(phrases)
-        return cls(load(model, device=device, dtype=dtype), refiner_obj, extractor, config,
-                    keep_heatmaps)
+        attender = model if isinstance(model, Attender) else load(model, device=device, dtype=dtype)
+        return cls(attender, refiner_obj, extractor, config, keep_heatmaps)
 
     # ----------------------------------------------------------------------------- public
     def ground(self, images, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 256,

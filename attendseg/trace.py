@@ -6,7 +6,7 @@ tokens over all views):
 * ``token_ids``: ``[T]`` int64 — the generated tokens (EOS included when generated), or the
   teacher-forced text tokens.
 * ``offsets``: ``[T, 2]`` int64 — ``(start, end)`` character span of each token in ``text``;
-  special tokens (EOS) get an empty span at the end of the text.
+  special tokens (EOS) get an empty span where they stand (after the text written so far).
 * ``maps``: ``[T, L, H, N]`` float32 — attention probability from the recorded query row of
   token t to each image token (softmax over *all* keys, not renormalised over the image). ``L`` is
   ``len(layers)`` when ``per_layer`` else 1 (mean over ``layers``); ``H`` likewise for heads.

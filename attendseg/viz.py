@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .results import Grounding
 
-__all__ = ["PALETTE", "color_for", "overlay", "heatmap_grid", "contact_sheet", "to_rgb_array"]
+__all__ = ["PALETTE", "color_for", "overlay", "heatmap_grid", "contact_sheet", "to_rgb_array", "zoom"]
 
 # Distinct, saturated colours (after Sasha Trubetskoy's list), in a fixed order.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -392,3 +393,13 @@ def contact_sheet(
             draw.text((x0 + (cw - _font(fs).getlength(label)) / 2, y0 + 2), label, font=_font(fs), fill=_TEXT)
         sheet.paste(im.convert("RGB"), (x0 + (cw - im.width) // 2, y0 + title_h + (ch - title_h - im.height) // 2))
     return sheet
+
+
+def zoom(image: np.ndarray, grounding: Grounding, factor: int):
+    """Image ``[H, W, 3]`` and grounding magnified ``factor``× (nearest neighbour), for legible
+    overlays of small images. Returns ``(image [fH, fW, 3], grounding)``; heatmaps are dropped."""
+    big = np.kron(image, np.ones((factor, factor, 1), dtype=image.dtype))
+    phrases = [replace(p, mask=None if p.mask is None else np.kron(p.mask, np.ones((factor, factor), bool)),
+                       points=p.points * factor, box=None, heatmap=None) for p in grounding.phrases]
+    w, h = grounding.image_size
+    return big, replace(grounding, phrases=phrases, image_size=(w * factor, h * factor))

@@ -47,7 +47,8 @@ def test_generation_matches_eager_output_attentions(attender, eager):
     with torch.no_grad():
         ref = eager.generate(**prepared.inputs, max_new_tokens=8, do_sample=False,
                              output_attentions=True, return_dict_in_generate=True,
-                             pad_token_id=attender.adapter.tokenizer.pad_token_id)
+                             pad_token_id=attender.adapter.tokenizer.pad_token_id,
+                             **attender.adapter.generation_defaults())
     # per step: [B, L, H, N] of the last query row, i.e. the row predicting that step's token
     steps = [torch.stack([image_columns(layer, prepared.key_index)[:, :, -1] for layer in step], 1)
              for step in ref.attentions]
@@ -67,7 +68,8 @@ def test_generated_tokens_identical_to_plain_sdpa(attender, checkpoint):
     prepared = attender.adapter.prepare(images(), PROMPTS)
     with torch.no_grad():
         expected = plain.generate(**prepared.inputs, max_new_tokens=12, do_sample=False,
-                                  pad_token_id=attender.adapter.tokenizer.pad_token_id)
+                                  pad_token_id=attender.adapter.tokenizer.pad_token_id,
+                                  **attender.adapter.generation_defaults())
     traces = attender.attend(images(), PROMPTS, max_new_tokens=12)
     start = prepared.inputs["input_ids"].shape[1]
     for b, trace in enumerate(traces):
@@ -101,6 +103,12 @@ def test_layer_and_head_selection_reduce_like_the_reference(attender):
     assert torch.allclose(full.token_maps(layers=[0]), full.maps[:, 0].mean(1), atol=1e-7)
     mean_all = attender.attend_text(images()[0], PROMPTS[0], TEXTS[1])
     assert torch.allclose(mean_all.token_maps(), full.token_maps(), atol=1e-6)
+
+
+def test_the_image_placeholder_is_never_generated(attender):
+    image_token = attender.model.config.image_token_id
+    traces = attender.attend(images(), PROMPTS, max_new_tokens=16)
+    assert all(image_token not in t.token_ids.tolist() for t in traces)
 
 
 def test_maps_are_probabilities_over_all_keys(attender):

@@ -102,3 +102,8 @@ def test_checkpoint_settings_file_sets_defaults(tiny_llava, tmp_path):
     grounder = Grounder.from_pretrained(folder, phrases="simple")
     assert grounder.settings.layers == [1] and grounder.settings.normalisation == "none"
     assert Grounder.from_pretrained(folder, normalisation="mean", phrases="simple").settings.normalisation == "mean"
+
+
+def test_from_pretrained_shares_a_loaded_attender(grounder):
+    again = Grounder.from_pretrained(grounder.attender, refiner="threshold", phrases="simple")
+    assert again.attender is grounder.attender and again.refiner.name == "threshold"

@@ -70,6 +70,11 @@ class Adapter(ABC):
     def tokenizer(self):
         return self.processor.tokenizer
 
+    def generation_defaults(self) -> dict:
+        """``generate`` keyword defaults: never generate the image placeholder token."""
+        image_token = getattr(self.model.config, "image_token_id", None)
+        return {"suppress_tokens": [image_token]} if image_token is not None else {}
+
     @abstractmethod
     def prepare(
         self, images: list[Image.Image], prompts: list[str], texts: list[str] | None = None
