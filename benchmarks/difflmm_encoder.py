@@ -17,6 +17,10 @@ for a GPU). Weights are random: timing does not depend on them.
     python benchmarks/difflmm_encoder.py                      # CPU, widths ÷ 4, 384 px
     python benchmarks/difflmm_encoder.py --scale 1 --device cuda --dtype float16 --batch 1 8
     python benchmarks/difflmm_encoder.py --out benchmarks/results/difflmm_encoder.md
+    python benchmarks/difflmm_encoder.py --flops-only      # FLOP counts at the real size only
+
+Every run also counts the FLOPs of both variants at the real size on the meta device (exact,
+no timing noise), which is the figure to trust on a busy CPU.
 
 With ``--out``, the run's table is written into that markdown file's section
 "DiffLMM encoder: early stop", replacing an earlier run with the same settings.
@@ -69,7 +73,8 @@ def sync(device):
 
 
 def bench(fn_a, fn_b, device, repeats: int, warmup: int = 2):
-    """Interleaved timing of two callables; returns (median_a, median_b) in milliseconds."""
+    """Interleaved timing of two callables; returns ``((best_a, median_a), (best_b, median_b))``
+    in milliseconds. The best (minimum) is the figure least disturbed by other jobs."""
     for _ in range(warmup):
         fn_a(), fn_b()
     times_a, times_b = [], []
@@ -80,12 +85,11 @@ def bench(fn_a, fn_b, device, repeats: int, warmup: int = 2):
             fn()
             sync(device)
             times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times_a), statistics.median(times_b)
+    return (min(times_a), statistics.median(times_a)), (min(times_b), statistics.median(times_b))
 
 
 def run(args) -> list[dict]:
     from attendseg.encoders import DiffusionVisionTower, unet_up_block_features
-    from attendseg.encoders.modeling_difflmm import SDCLIPBlock  # noqa: F401  (projector not timed)
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -131,17 +135,79 @@ def run(args) -> list[dict]:
                     device, args.repeats,
                 )
                 parts.append(("whole encoder (CLIP + VAE + UNet)", enc_full, enc_early))
-        for part, full_ms, early_ms in parts:
-            rows.append(dict(batch=batch, part=part, full=full_ms, early=early_ms, ratio=early_ms / full_ms))
-            print(f"batch {batch:>2}  {part:<34} full {full_ms:9.1f} ms   early stop {early_ms:9.1f} ms   "
-                  f"ratio {early_ms / full_ms:.3f}  (saves {100 * (1 - early_ms / full_ms):.0f}%)")
+        for part, (full_ms, full_med), (early_ms, early_med) in parts:
+            rows.append(dict(batch=batch, part=part, full=full_ms, early=early_ms, ratio=early_ms / full_ms,
+                             full_median=full_med, early_median=early_med))
+            print(f"batch {batch:>2}  {part:<34} best: full {full_ms:9.1f} ms, early stop {early_ms:9.1f} ms, "
+                  f"ratio {early_ms / full_ms:.3f} (saves {100 * (1 - early_ms / full_ms):.0f}%); "
+                  f"medians {full_med:.1f} / {early_med:.1f} ms")
     return rows
+
+
+def count_flops(image_size: int, block: int = 1) -> dict:
+    """FLOPs of each part at SD-1.5 / CLIP-L size, counted on the meta device (no weights, no
+    compute, no timing noise): ``{"unet_full", "unet_early", "vae_encoder", "clip"}``."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from attendseg.encoders import unet_up_block_features
+
+    config = vision_config(1, image_size)
+    meta = torch.device("meta")
+    with meta:
+        unet = UNet2DConditionModel.from_config(config.unet_config).eval()
+        vae = AutoencoderKL.from_config(config.vae_config).eval()
+        clip_config = CLIPVisionConfig(**{k: v for k, v in config.clip_config.items() if k != "model_type"})
+        clip_config._attn_implementation = "sdpa"
+        clip = CLIPVisionModel(clip_config).eval()
+    latent = image_size // config.vae_scale
+    x = torch.zeros(1, 4, latent, latent, device=meta)
+    cond = torch.zeros(1, config.clip_grid**2, config.caption_dim, device=meta)
+    t = torch.full((1,), config.timestep, device=meta, dtype=torch.long)
+    pixels = torch.zeros(1, 3, image_size, image_size, device=meta)
+    clip_pixels = torch.zeros(1, 3, clip_config.image_size, clip_config.image_size, device=meta)
+    jobs = {
+        "unet_full": lambda: full_pass_features(unet, x, t, cond, block),
+        "unet_early": lambda: unet_up_block_features(unet, x, t, cond, block),
+        "vae_encoder": lambda: vae.encode(pixels),
+        "clip": lambda: clip(pixel_values=clip_pixels, output_hidden_states=True),
+    }
+    flops = {}
+    for name, job in jobs.items():
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            job()
+        flops[name] = counter.get_total_flops()
+    return flops
+
+
+def flops_markdown(image_size: int, flops: dict) -> tuple[str, str]:
+    key = f"flops-{image_size}px"
+    rest = flops["vae_encoder"] + flops["clip"]
+    full, early = flops["unet_full"], flops["unet_early"]
+    lines = [
+        f"<!-- run: {key} -->",
+        f"### FLOPs at the real size (SD-1.5 UNet and VAE, CLIP ViT-L/14-336), {image_size} px, batch 1",
+        "",
+        "Counted with `torch.utils.flop_counter` on the meta device (matmuls, convolutions, attention), "
+        "so free of timing noise; the CLIP and VAE-encoder cost is the same in both columns.",
+        "",
+        "| counted | full UNet pass (GFLOP) | early stop (GFLOP) | early / full |",
+        "|---|---:|---:|---:|",
+        f"| UNet only | {full / 1e9:.1f} | {early / 1e9:.1f} | {early / full:.3f} |",
+        f"| whole encoder (CLIP {flops['clip'] / 1e9:.1f} + VAE encoder {flops['vae_encoder'] / 1e9:.1f} + UNet) "
+        f"| {(full + rest) / 1e9:.1f} | {(early + rest) / 1e9:.1f} | {(early + rest) / (full + rest):.3f} |",
+        f"<!-- end: {key} -->",
+    ]
+    return key, "\n".join(lines)
 
 
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' if n != 1 else ''})"
 
 
 def markdown(args, rows) -> tuple[str, str]:
@@ -152,15 +218,16 @@ def markdown(args, rows) -> tuple[str, str]:
         f"### {device_name(args.device)}, {args.dtype}, {args.image_size} px, {widths}",
         "",
         f"SD-1.5 block structure (4 levels, cross-attention, 2/3 resnets per down/up block), CLIP-L depth; "
-        f"features of up-block 1 (the paper's), t = 100, ensemble 1; random weights; median of "
+        f"features of up-block 1 (the paper's), t = 100, ensemble 1; random weights; best (median) of "
         f"{args.repeats} interleaved runs after 2 warm-ups. torch {torch.__version__}."
-        + (" Run on a CPU shared with other jobs: expect noise of ±10–20 % on single figures." if args.device == "cpu" else ""),
+        + (" Run on a 2-core CPU shared with other jobs: timings are noisy (compare best and median); the FLOP table is exact." if args.device == "cpu" else ""),
         "",
-        "| batch | timed | full UNet pass (ms) | early stop (ms) | early / full |",
+        "| batch | timed | full UNet pass (ms) | early stop (ms) | early / full (best) |",
         "|---:|---|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['part']} | {r['full']:.1f} | {r['early']:.1f} | {r['ratio']:.3f} |")
+        lines.append(f"| {r['batch']} | {r['part']} | {r['full']:.1f} ({r['full_median']:.1f}) | "
+                     f"{r['early']:.1f} ({r['early_median']:.1f}) | {r['ratio']:.3f} |")
     lines.append(f"<!-- end: {key} -->")
     return key, "\n".join(lines)
 
@@ -170,9 +237,10 @@ def write(path: Path, key: str, block: str) -> None:
         f"{SECTION}\n\n"
         "`attendseg.encoders.unet_up_block_features` stops the UNet after the last up-block it needs "
         "(up-block 1 for DiffLMM) instead of running the whole decoder; the features are bit-identical "
-        "to a forward hook on a full pass (checked in each run). Command: "
-        "`python benchmarks/difflmm_encoder.py [--scale 1 --device cuda --dtype float16] --out "
-        "benchmarks/results/difflmm_encoder.md`.\n"
+        "to a forward hook on a full pass (checked in each run). Timings are the best (median) of interleaved "
+        "runs on random-weight models; FLOPs are counted at the real size on the meta device. Command: "
+        "`python benchmarks/difflmm_encoder.py [--scale 1] [--unet-only] [--device cuda --dtype float16] "
+        "--out benchmarks/results/difflmm_encoder.md`.\n"
     )
     text = path.read_text() if path.exists() else intro
     if SECTION not in text:
@@ -196,16 +264,25 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--flops-only", action="store_true", help="only count FLOPs at the real size (seconds)")
     parser.add_argument("--unet-only", action="store_true", help="time the UNet alone (skip the whole encoder)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write the section into")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run(args)
-    key, block = markdown(args, rows)
+    flops = count_flops(args.image_size)
+    print(f"FLOPs (real size, {args.image_size} px): UNet full {flops['unet_full'] / 1e9:.1f} G, early stop "
+          f"{flops['unet_early'] / 1e9:.1f} G (ratio {flops['unet_early'] / flops['unet_full']:.3f}); "
+          f"VAE encoder {flops['vae_encoder'] / 1e9:.1f} G, CLIP {flops['clip'] / 1e9:.1f} G")
+    if args.flops_only:
+        rows = []
+    else:
+        rows = run(args)
     if args.out:
-        write(args.out, key, block)
+        write(args.out, *flops_markdown(args.image_size, flops))
+        if rows:
+            write(args.out, *markdown(args, rows))
         print(f"wrote {args.out}")
 
 

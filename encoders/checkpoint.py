@@ -397,11 +397,15 @@ def _ensure_image_token(tokenizer, base_model) -> int:
     return tokenizer.convert_tokens_to_ids("<image>")
 
 
+def _check_sd(sd: str) -> None:
+    _fetch(sd, "unet/config.json", what=f"Stable Diffusion {sd!r} has no UNet (unet/ subfolder)")
+    _fetch(sd, "vae/config.json", what=f"Stable Diffusion {sd!r} has no VAE (vae/ subfolder)")
+
+
 def _load_sd(sd: str, dtype):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    _fetch(sd, "unet/config.json", what=f"Stable Diffusion {sd!r} has no UNet (unet/ subfolder)")
-    _fetch(sd, "vae/config.json", what=f"Stable Diffusion {sd!r} has no VAE (vae/ subfolder)")
+    _check_sd(sd)
     try:
         unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(sd, subfolder="vae", torch_dtype=dtype)
@@ -507,8 +511,18 @@ def load_difflmm(
     if not projector_state:
         raise AttendsegError(f"non_lora_trainables.bin in {path} holds no mm_projector weights")
 
+    # check the vision parts are there before loading anything heavy
+    sd = str(sd or cfg.get("mm_vision_tower") or DEFAULT_SD)
+    sd = HUB_ALIASES.get(sd, sd)
+    clip = str(clip or cfg.get("mm_vision_sd_clip") or DEFAULT_CLIP)
+    _check_sd(sd)
+    _fetch(clip, "config.json", what=f"CLIP {clip!r}")
+
     # language model: base + LoRA (+ any LLM weights among the trainables)
     base = _resolve_base(None if base is None else str(base), adapter_config)
+    base_cfg = _read_json(_fetch(base, "config.json", what=f"base language model {base!r}"))
+    if check_base:
+        _check_base_name(adapter_config, base, base_cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
         llm = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map=str(device))
@@ -518,8 +532,6 @@ def load_difflmm(
         ) from None
     except (OSError, ValueError) as exc:
         raise AttendsegError(f"cannot load the base language model {base!r}: {exc}") from None
-    if check_base:
-        _check_base_name(adapter_config, base, llm.config.to_dict() | {"_name_or_path": llm.config.name_or_path})
     vocab = int(cfg.get("vocab_size") or 0)
     if vocab > llm.get_input_embeddings().weight.shape[0]:
         llm.resize_token_embeddings(vocab, mean_resizing=False)
@@ -531,10 +543,7 @@ def load_difflmm(
     image_token_id = _ensure_image_token(tokenizer, llm)
 
     # vision parts
-    sd = HUB_ALIASES.get(str(sd or cfg.get("mm_vision_tower") or DEFAULT_SD), str(sd or cfg.get("mm_vision_tower") or DEFAULT_SD))
-    clip = str(clip or cfg.get("mm_vision_sd_clip") or DEFAULT_CLIP)
     unet, vae, scheduler_config = _load_sd(sd, dtype)
-    _fetch(clip, "config.json", what=f"CLIP {clip!r}")
     try:
         clip_model = CLIPVisionModel.from_pretrained(clip, dtype=dtype, attn_implementation=VISION_ATTENTION)
     except (OSError, ValueError) as exc:

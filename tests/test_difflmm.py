@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-import attendseg
 from attendseg.encoders import (
     DiffLMMForConditionalGeneration,
     DiffLMMVisionConfig,
@@ -94,6 +93,20 @@ def test_paper_geometry_576_tokens(tiny):
     batch = processor(images=photo(300, 451), text=chat(processor), return_tensors="pt")
     assert batch["pixel_values"].shape == (1, 3, 384, 384)
     assert int((batch["input_ids"] == processor.image_token_id).sum()) == 576
+
+
+def test_vicuna_v1_chat_template(tiny):
+    """LLaVA-1.5's conversation format: ``{system} USER: <image>\n... ASSISTANT: ...</s>USER: ...``."""
+    from attendseg.encoders import VICUNA_V1_TEMPLATE
+
+    processor = make_processor(tiny[1].tokenizer, DiffLMMVisionConfig(), chat_template=VICUNA_V1_TEMPLATE)
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
+    assert processor.apply_chat_template(turn, add_generation_prompt=True).endswith(
+        "polite answers to the human's questions. USER: <image>\nDescribe it. ASSISTANT:")
+    turns = [{"role": "system", "content": "Be brief."}, *turn,
+             {"role": "assistant", "content": "A cat."}, {"role": "user", "content": "Where?"}]
+    assert processor.apply_chat_template(turns, add_generation_prompt=True) == (
+        "Be brief. USER: <image>\nDescribe it. ASSISTANT: A cat.</s>USER: Where? ASSISTANT:")
 
 
 # ------------------------------------------------------------------------------ encoder
@@ -358,6 +371,19 @@ def test_sd_folder_without_unet(released, tmp_path):
     shutil.rmtree(sd / "unet")
     with pytest.raises(AttendsegError, match="no UNet"):
         load_difflmm(released["difflmm"], sd=sd, device="cpu")
+
+
+def test_adapter_saved_as_bin(tiny, inputs, released, tmp_path):
+    """Older PEFT saved ``adapter_model.bin``: the same weights load the same model."""
+    from safetensors.torch import load_file
+
+    folder = copy_release(released, tmp_path)
+    weights = folder / "adapter_model.safetensors"
+    torch.save(load_file(str(weights)), folder / "adapter_model.bin")
+    weights.unlink()
+    from_bin, _ = load_difflmm(folder, device="cpu")
+    from_safetensors, _ = load_difflmm(released["difflmm"], device="cpu")
+    assert torch.allclose(logits(from_bin, inputs), logits(from_safetensors, inputs), atol=1e-6, rtol=0)
 
 
 def test_lora_adapter_that_does_not_fit_the_base(released, tmp_path):
