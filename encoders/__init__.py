@@ -5,6 +5,16 @@ Importing this package registers DiffLMM with the transformers Auto classes (``A
 ``AutoProcessor``), so a folder saved by :class:`DiffLMMForConditionalGeneration` loads with
 ``AutoModelForImageTextToText.from_pretrained`` once ``attendseg.encoders`` is imported.
 
+```python
+from attendseg.encoders import load_difflmm
+
+model, processor = load_difflmm("Shengcao1006/difflmm-llava-v1.5-7b-lora", base="lmsys/vicuna-7b-v1.5")
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+inputs = processor(images=image, text=processor.apply_chat_template(messages, add_generation_prompt=True),
+                   return_tensors="pt").to(model.device)
+answer = model.generate(**inputs, max_new_tokens=64)       # exactly LLaVA's generate
+```
+
 Public API:
 
 - :func:`load_difflmm` ``(path, base=None, sd=None, clip=None, ...) -> (model, processor)``: the
