@@ -52,7 +52,9 @@ def load(model: str | os.PathLike, device=None, dtype=None, **options) -> "Atten
         model: a hub id (``"llava-hf/llava-1.5-7b-hf"``) or a local checkpoint folder.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, … (default: CUDA when available).
         dtype: ``torch.float32`` / ``"bf16"`` / … (default: bf16 on CUDA, fp32 on CPU).
-        options: passed to special loaders (DiffLMM's ``base=``, ``sd=``, ``clip=``).
+        options: passed to special loaders: DiffLMM's ``base=`` (the LLM the LoRA adapter was
+            trained on, e.g. ``"lmsys/vicuna-7b-v1.5"``), ``sd=``, ``clip=``, ``timestep=``, …
+            (see :func:`attendseg.encoders.load_difflmm`).
 
     Raises:
         AttendsegError: the folder does not exist, the hub id is unreachable, or no adapter
@@ -75,8 +77,15 @@ def _load_adapter(name: str, device, dtype, options) -> Adapter:
         raise AttendsegError(f"model folder not found: {name}")
     if path.is_dir() and not (path / "config.json").exists():
         raise AttendsegError(f"{name} is not a model checkpoint folder (no config.json)")
+    source = str(path) if path.exists() else name
+    from .adapters import register_adapter
+    from .encoders import DiffLMMAdapter, is_difflmm_checkpoint
+
+    register_adapter(DiffLMMAdapter)
+    if is_difflmm_checkpoint(source):  # released layout: AutoConfig cannot read its config
+        return DiffLMMAdapter.load(source, dtype=dtype, device=device, **options)
     try:
-        config = AutoConfig.from_pretrained(str(path) if path.exists() else name)
+        config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise AttendsegError(
             f"could not load model {name!r}: it is not a local folder, and the hub copy is not "
@@ -85,7 +94,7 @@ def _load_adapter(name: str, device, dtype, options) -> Adapter:
     cls = adapter_for(config)
     if options:
         raise AttendsegError(f"options {sorted(options)} are not used by {cls.family} models")
-    return cls.load(str(path) if path.exists() else name, dtype=dtype, device=device)
+    return cls.load(source, dtype=dtype, device=device)
 
 
 def _layer_list(layers, n_layers: int) -> list[int]:

@@ -105,7 +105,8 @@ class Grounder:
     @classmethod
     def from_pretrained(cls, model, refiner: str = "superpixel", sam_model: str | None = None,
                         phrases="auto", device=None, dtype=None, keep_heatmaps: bool = False,
-                        refiner_options: dict | None = None, **settings) -> "Grounder":
+                        refiner_options: dict | None = None, model_options: dict | None = None,
+                        **settings) -> "Grounder":
         """Load a model and build the pipeline.
 
         Args:
@@ -114,6 +115,7 @@ class Grounder:
             refiner: ``"superpixel"`` (default; weight-free), ``"sam"`` or ``"threshold"``.
             sam_model: SAM hub id or folder (``refiner="sam"``; default ``facebook/sam-vit-huge``).
             phrases: ``"auto"`` | ``"simple"`` | ``"spacy:NAME_OR_PATH"`` | ``"vocab:a,b"`` | a list.
+            model_options: passed to :func:`attendseg.load` (e.g. DiffLMM's ``base=``).
             settings: :class:`Settings` fields; unset fields come from the checkpoint's
                 ``attendseg.json`` when it has one, else the paper's defaults.
         """
@@ -129,7 +131,8 @@ class Grounder:
             raise AttendsegError("--sam-model is only used with the sam refiner")
         refiner_obj = make_refiner(refiner, **options)
         extractor = make_phrase_extractor(phrases)
-        attender = model if isinstance(model, Attender) else load(model, device=device, dtype=dtype)
+        attender = model if isinstance(model, Attender) else load(model, device=device, dtype=dtype,
+                                                                     **(model_options or {}))
         return cls(attender, refiner_obj, extractor, config, keep_heatmaps)
 
     # ----------------------------------------------------------------------------- public

@@ -25,6 +25,7 @@ eval_app = typer.Typer(help="Measure grounding quality.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 MODEL_HELP = "Hub id or folder of a supported model (default: the bundled shapes-world demo model)."
+BASE_HELP = "DiffLMM only: the base LLM the released LoRA adapter applies to (e.g. lmsys/vicuna-7b-v1.5)."
 
 
 def _fail(message: str, code: int = 2):
@@ -46,6 +47,10 @@ def _model(model: Optional[str]) -> str:
     from attendseg.demo import bundled_model
 
     return str(bundled_model())
+
+
+def _model_options(base: Optional[str]) -> dict:
+    return {"base": base} if base else {}
 
 
 def _version(value: bool):
@@ -85,6 +90,7 @@ def ground(
     paths: List[Path] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
     out: Path = typer.Option(Path("attendseg-out"), "--out", "-o", help="Output folder (mirrors the input tree)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
     prompt: str = typer.Option("Describe the image in detail.", "--prompt", "-p", help="What the model is asked."),
     text: Optional[str] = typer.Option(None, "--text", help="Ground this text instead of generating an answer."),
     refiner: str = typer.Option("superpixel", "--refiner", "-r", help="sam | superpixel | threshold."),
@@ -117,7 +123,8 @@ def ground(
         options = {"choice": sam_choice} if refiner == "sam" else {}
         grounder = Grounder.from_pretrained(_model(model), refiner=refiner, sam_model=sam_model,
                                             phrases=make_phrase_extractor(phrases, filter_nonvisual=not keep_nonvisual),
-                                            device=device, dtype=dtype, refiner_options=options, **settings)
+                                            device=device, dtype=dtype, refiner_options=options,
+                                            model_options=_model_options(base), **settings)
     except AttendsegError as error:
         _fail(str(error))
 
@@ -150,6 +157,7 @@ def attend(
     paths: List[Path] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
     out: Path = typer.Option(Path("attendseg-traces"), "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
     prompt: str = typer.Option("Describe the image in detail.", "--prompt", "-p"),
     text: Optional[str] = typer.Option(None, "--text", help="Teacher-force this text instead of generating."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Layers to record: all, or e.g. 0,1,5 or 10-20."),
@@ -175,7 +183,7 @@ def attend(
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
             _fail("no images found in " + ", ".join(map(str, paths)))
-        attender = attendseg.load(_model(model), device=device, dtype=dtype)
+        attender = attendseg.load(_model(model), device=device, dtype=dtype, **_model_options(base))
     except AttendsegError as error:
         _fail(str(error))
 

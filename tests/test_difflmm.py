@@ -467,3 +467,25 @@ def test_image_token_added_to_a_vicuna_like_tokenizer():
     assert head.shape[0] == 64 and llm.get_input_embeddings().weight.shape[0] == 64
     assert torch.equal(head[: len(vocab)], old)
     assert torch.allclose(head[image_id], old.mean(0), atol=1e-6)
+
+
+def test_attendseg_load_routes_the_released_layout(released, tiny_llava, tmp_path):
+    """What a user runs: attendseg.load and the CLI on the released folder + its base LLM."""
+    import subprocess
+    import sys
+
+    import attendseg
+
+    attender = attendseg.load(released["difflmm"], base=str(released["base"]))
+    assert attender.adapter.family == "difflmm"
+    trace = attender.attend_text(photo(), "describe the image", "a red circle")
+    assert trace.views[0].grid == (8, 8) and trace.maps.shape[-1] == 64
+    with pytest.raises(attendseg.AttendsegError, match="not used by llava"):
+        attendseg.load(tiny_llava, base="x")
+    photo().save(tmp_path / "p.png")
+    run = subprocess.run([sys.executable, "-m", "attendseg.cli.main", "ground", str(tmp_path / "p.png"),
+                          "--model", str(released["difflmm"]), "--base", str(released["base"]), "--text",
+                          "a red circle", "--out", str(tmp_path / "out"), "-q", "--phrases", "simple"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "p.png.json").exists()
