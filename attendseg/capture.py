@@ -71,6 +71,7 @@ class Recorder:
         self._current: torch.Tensor | None = None
         self._seq_len = 0
         self._head_index: torch.Tensor | None = None
+        self._index: torch.Tensor | None = None
 
     def wants(self, layer_idx: int | None) -> bool:
         return layer_idx in self._slot
@@ -84,19 +85,20 @@ class Recorder:
             self._flush()
         stop = q_len - self.shift
         rows = slice(max(stop - self.n_rows, 0), stop)
-        probs = row_probabilities(query, key, attention_mask, scaling, rows, softcap)
-        # Sliding-window caches may have dropped the oldest keys: shift the image positions.
-        index = self.key_index.to(probs.device) - (self._seq_len - kv_len)
-        valid = index >= 0
-        index = index.clamp(min=0)[:, None, None, :].expand(*probs.shape[:3], -1)
-        image = probs.gather(-1, index) * valid[:, None, None, :]  # [B, H, r, N]
+        probs = row_probabilities(query, key, attention_mask, scaling, rows, softcap)  # [B, H, r, kv]
+        if self._index is None or self._index.device != probs.device:
+            self._index = self.key_index.to(probs.device)
+        dropped = self._seq_len - kv_len  # keys a sliding-window cache no longer holds
+        if dropped:
+            index = self._index - dropped
+            image = probs.gather(-1, _expand(index.clamp(min=0), probs)) * (index >= 0)[:, None, None, :]
+        else:
+            image = probs.gather(-1, _expand(self._index, probs))  # [B, H, r, N]
         if self.heads is not None:
             if self._head_index is None:
                 self._head_index = torch.tensor(self.heads, device=image.device)
             image = image.index_select(1, self._head_index)
-        image = image.transpose(1, 2)  # [B, r, H, N]
-        if not self.per_head:
-            image = image.mean(dim=2, keepdim=True)
+        image = image.transpose(1, 2) if self.per_head else image.mean(dim=1).unsqueeze(2)  # [B, r, H, N]
         if self._current is None:
             n_layers = len(self.layers) if self.per_layer else 1
             self._current = image.new_zeros(image.shape[0], image.shape[1], n_layers, *image.shape[2:])
@@ -117,6 +119,11 @@ class Recorder:
             raise RuntimeError("nothing was recorded: did the model run its language layers?")
         maps = torch.cat(self._steps, dim=1).cpu()
         return maps if self.per_layer else maps / len(self.layers)
+
+
+def _expand(index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` key positions → a gather index for ``[B, H, r, kv]`` probabilities (a view)."""
+    return index[:, None, None, :].expand(*probs.shape[:3], -1)
 
 
 def row_probabilities(
@@ -149,8 +156,10 @@ def row_probabilities(
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     lowest = torch.finfo(torch.float32).min
+    q_len = query.shape[2]
     if attention_mask is None:
-        q_len = query.shape[2]
+        if rows.start >= q_len - 1:  # the last query row sees every key: nothing to mask
+            return torch.softmax(logits, dim=-1)
         positions = torch.arange(q_len, device=q.device)[rows] + (kv_len - q_len)
         allowed = torch.arange(kv_len, device=q.device)[None, :] <= positions[:, None]
         logits = logits.masked_fill(~allowed, lowest)

@@ -142,3 +142,38 @@ def test_offsets_point_at_the_decoded_words(attender):
     specials = set(attender.adapter.tokenizer.all_special_tokens)
     for token, piece in zip(decoded, trace.tokens):
         assert piece == ("" if token in specials else token)
+
+
+def test_sliding_window_layers_match_eager(tmp_path):
+    """Qwen2 layers with a 24-token window: the cache drops the image keys during decoding."""
+    import json
+
+    from attendseg.tiny import build_llava
+
+    folder = build_llava(tmp_path / "sw", "user assistant describe the image a red circle".split(),
+                         text_model="qwen2", kv_heads=2, text_layers=4)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"].update(use_sliding_window=True, sliding_window=24, max_window_layers=2,
+                                 layer_types=["full_attention"] * 2 + ["sliding_attention"] * 2)
+    (folder / "config.json").write_text(json.dumps(config))
+    attender = attendseg.load(folder)
+    image = images()[:1]
+    trace = attender.attend(image, PROMPTS[:1], max_new_tokens=24, min_new_tokens=24, per_layer=True,
+                            per_head=True)[0]
+    eager = LlavaForConditionalGeneration.from_pretrained(folder, attn_implementation="eager").eval()
+    prepared = attender.adapter.prepare(image, PROMPTS[:1])
+    with torch.no_grad():
+        ref = eager.generate(**prepared.inputs, max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                             output_attentions=True, return_dict_in_generate=True,
+                             **attender.adapter.generation_defaults())
+    start, keys = prepared.inputs["input_ids"].shape[1], prepared.key_index[0]
+    truncated = 0
+    for t, step in enumerate(ref.attentions):
+        for layer, attn in enumerate(step):
+            row = attn[0, :, -1]  # [H, kv]: the window the cache still holds
+            index = keys - (start + t - row.shape[-1])
+            truncated += bool((index < 0).any())
+            expected = torch.where(index >= 0, row.gather(-1, index.clamp(min=0).expand(row.shape[0], -1)),
+                                   torch.zeros(()))
+            assert torch.allclose(trace.maps[t, layer], expected, atol=1e-5), (t, layer)
+    assert truncated > 0  # the window really dropped image keys
