@@ -115,3 +115,13 @@ def test_exif_rotation_is_applied(tmp_path, photos):
 def test_beam_search_is_refused(attender):
     with pytest.raises(AttendsegError, match="num_beams"):
         attender.attend(np.zeros((32, 32, 3), np.uint8), "describe", num_beams=3)
+
+
+def test_very_large_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    import attendseg.images
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (400, 300)).save(path)
+    monkeypatch.setattr(attendseg.images, "MAX_PIXELS", 100_000)
+    with pytest.raises(AttendsegError, match="too large .*120,000 pixels"):
+        load_image(path)

@@ -85,3 +85,12 @@ def test_help_reads_well():
     assert top.returncode == 0 and "ground" in top.stdout and "attend" in top.stdout
     sub = cli("ground", "--help")
     assert "--sam-model" in sub.stdout and "--overlays" in sub.stdout
+
+
+def test_ground_with_sam_refiner(folder, tiny_llava, tiny_sam, tmp_path):
+    result = cli("ground", folder / "coffee.jpg", "--model", tiny_llava, "--refiner", "sam", "--sam-model", tiny_sam,
+                 "--sam-choice", "best-iou", "--text", "a red circle", "--out", tmp_path, "--masks-png", "-q")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "coffee.jpg.json").read_text())
+    assert data["refiner"] == "sam" and data["phrases"][0]["segmentation"]["size"] == [400, 600]
+    assert list((tmp_path / "coffee.jpg.masks").glob("*.png"))
