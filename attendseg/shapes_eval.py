@@ -85,34 +85,40 @@ class ShapesEvaluation:
             self.n_scenes += 1
             self.n_objects += len(scene.objects)
             self.exact += answer.text.strip() == scene.caption
+            self.hits["point_acc"] += self._hits(answer, scene)
+            self.hits["point_acc_tf"] += self._hits(tf, scene)
+            labels = [f"{o.colour} {o.shape}" for o in scene.objects]
             for name, grounder in self.grounders.items():
                 grounding = grounder.ground_trace(answer, scene.image)
                 owners = [named_object(answer.text, p, scene) for p in grounding.phrases]
-                if name == next(iter(self.grounders)):
-                    self.hits["point_acc"] += _point_hits(grounding.phrases, owners, scene)
-                    tf_grounding = grounder.ground_trace(tf, scene.image)
-                    tf_owners = [named_object(tf.text, p, scene) for p in tf_grounding.phrases]
-                    self.hits["point_acc_tf"] += _point_hits(tf_grounding.phrases, tf_owners, scene)
-                labels = [f"{o.colour} {o.shape}" for o in scene.objects]
                 names = [labels[k] if k is not None else "?" for k in owners]
                 self.gcg[name].add([p.mask for p in grounding.phrases], scene.masks, names, labels)
             if self.per_layer:
-                self._add_layers(tf, scene)
+                for layer in tf.layers:
+                    for normalisation in ("none", "mean"):
+                        key = f"layer {layer}" + (" (mean-normalised)" if normalisation == "mean" else "")
+                        hit = self._hits(tf, scene, layers=[layer], normalisation=normalisation)
+                        self.layer_hits[key] = self.layer_hits.get(key, 0) + hit
 
-    def _add_layers(self, trace, scene):
-        found = self.phrases.extract(trace.text, trace.offsets)
-        owners = [named_object(trace.text, p, scene) for p in found]
-        for layer in trace.layers:
-            for normalisation in ("none", "mean"):
-                key = f"layer {layer}" + (" (mean-normalised)" if normalisation == "mean" else "")
-                hit = 0
-                for phrase, k in zip(found, owners):
-                    if k is None:
-                        continue
-                    image_map = trace_image_map(trace, phrase.tokens, layers=[layer], normalisation=normalisation,
-                                                aggregate=self.settings.aggregate, sinks=self.settings.sinks)
-                    hit += bool(point_in_mask(peaks(image_map, k=1)[0], scene.masks[k]))
-                self.layer_hits[key] = self.layer_hits.get(key, 0) + hit
+    def _hits(self, trace, scene, layers=None, normalisation=None) -> int:
+        """Objects whose naming phrase (the first that names it) peaks inside the object's mask.
+
+        The peak is the argmax of the phrase's image-frame map: the point prompt every refiner
+        gets. ``layers`` needs a per-layer trace (default: the settings' layers, or all kept).
+        """
+        if layers is None and trace.per_layer and self.settings.layers != "all":
+            layers = self.settings.layers
+        hits, seen = 0, set()
+        for phrase in self.phrases.extract(trace.text, trace.offsets):
+            k = named_object(trace.text, phrase, scene)
+            if k is None or k in seen:
+                continue
+            seen.add(k)
+            image_map = trace_image_map(trace, phrase.tokens, layers=layers, aggregate=self.settings.aggregate,
+                                        normalisation=normalisation or self.settings.normalisation,
+                                        sinks=self.settings.sinks)
+            hits += bool(point_in_mask(peaks(image_map, k=1)[0], scene.masks[k]))
+        return hits
 
     def figures(self) -> dict:
         n = max(self.n_objects, 1)
@@ -129,17 +135,6 @@ class ShapesEvaluation:
 
 def _same_name(gt_label: str, phrase_label: str) -> float:
     return float(gt_label == phrase_label)
-
-
-def _point_hits(phrases, owners, scene) -> int:
-    """Objects whose naming phrase (the first one) has its point inside the object's mask."""
-    hits, seen = 0, set()
-    for phrase, k in zip(phrases, owners):
-        if k is None or k in seen:
-            continue
-        seen.add(k)
-        hits += bool(point_in_mask(phrase.points[0], scene.masks[k]))
-    return hits
 
 
 def random_point_accuracy(scenes: list[shapes.Scene], seed: int = 0) -> float:

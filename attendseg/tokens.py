@@ -47,10 +47,9 @@ def _round_trip_offsets(tokenizer, text: str, ids: list[int]):
 def _prefix_offsets(tokenizer, ids: list[int]):
     spans, previous = [], 0
     for k in range(len(ids)):
-        length = len(tokenizer.decode(ids[: k + 1], skip_special_tokens=True))
-        start = previous
-        piece = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)[previous:length]
-        start += len(piece) - len(piece.lstrip())  # a leading space belongs to no word
-        spans.append((start, max(start, length)))
-        previous = length
+        prefix = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+        piece = prefix[previous:]
+        start = previous + len(piece) - len(piece.lstrip())  # a leading space belongs to no word
+        spans.append((start, max(start, len(prefix))))
+        previous = len(prefix)
     return spans
