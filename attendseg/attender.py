@@ -25,9 +25,43 @@ from .trace import Trace
 
 ROWS = ("predicting", "own")
 
+#: ``generate`` options capture cannot follow (several rows per step, or chunked prefill).
+UNSUPPORTED_GENERATE_OPTIONS = ("assistant_model", "prompt_lookup_num_tokens", "prefill_chunk_size")
+#: Set on every capture: one sequence per image, plain tensors back, and no compilation (the
+#: capture function has Python side effects that a compiled graph would skip).
+FIXED_GENERATE_OPTIONS = {"num_beams": 1, "num_return_sequences": 1, "return_dict_in_generate": False,
+                          "disable_compile": True}
+
+
+def _check_generate_options(options: dict) -> None:
+    for name in UNSUPPORTED_GENERATE_OPTIONS:
+        if options.get(name) is not None:
+            raise AttendsegError(f"{name} is not supported: capture records one query row per generated token")
+    for name, value in FIXED_GENERATE_OPTIONS.items():
+        if name in options and options[name] != value:
+            raise AttendsegError(f"{name}={options[name]!r} is not supported with capture (it uses {value!r})")
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device) -> torch.device:
+    """``None`` → CUDA when available, else CPU; a bad or unavailable device is an error."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AttendsegError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AttendsegError(f"device {str(device)!r} requested, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AttendsegError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type not in ("cpu", "mps", "xpu"):
+        raise AttendsegError(f"unsupported device {str(device)!r}")
+    return device
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
@@ -57,10 +91,10 @@ def load(model: str | os.PathLike, device=None, dtype=None, **options) -> "Atten
             (see :func:`attendseg.encoders.load_difflmm`).
 
     Raises:
-        AttendsegError: the folder does not exist, the hub id is unreachable, or no adapter
-            handles the architecture.
+        AttendsegError: the folder does not exist, the hub id is unreachable, no adapter
+            handles the architecture, or the device is unknown or unavailable.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     name = str(model)
     adapter = _load_adapter(name, device, dtype, options)
@@ -97,25 +131,28 @@ def _load_adapter(name: str, device, dtype, options) -> Adapter:
     return cls.load(source, dtype=dtype, device=device)
 
 
+def _indices(value, count: int, what: str) -> list[int] | None:
+    """``"all"``/None → None; an index or a sequence of indices (negative from the end) → sorted
+    unique indices in ``range(count)``."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, str):
+        raise AttendsegError(f"{what}s must be 'all', an index or a list of indices, got {value!r}")
+    chosen = [value] if isinstance(value, int) else list(value)
+    if not chosen or not all(isinstance(i, int) for i in chosen):
+        raise AttendsegError(f"{what}s must be 'all', an index or a list of indices, got {value!r}")
+    bad = [i for i in chosen if not -count <= i < count]
+    if bad:
+        raise AttendsegError(f"{what}s {bad} out of range: the model has {count} {what}s")
+    return sorted({i % count for i in chosen})
+
+
 def _layer_list(layers, n_layers: int) -> list[int]:
-    if layers is None or layers == "all":
-        return list(range(n_layers))
-    chosen = [layers] if isinstance(layers, int) else list(layers)
-    chosen = [n_layers + i if i < 0 else i for i in chosen]
-    bad = [i for i in chosen if not 0 <= i < n_layers]
-    if bad or not chosen:
-        raise AttendsegError(f"layers {bad or chosen} out of range: the model has {n_layers} layers")
-    return sorted(set(chosen))
+    return _indices(layers, n_layers, "layer") or list(range(n_layers))
 
 
 def _head_list(heads, n_heads: int) -> list[int] | None:
-    if heads is None or heads == "all":
-        return None
-    chosen = [heads] if isinstance(heads, int) else list(heads)
-    bad = [h for h in chosen if not 0 <= h < n_heads]
-    if bad or not chosen:
-        raise AttendsegError(f"heads {bad or chosen} out of range: the model has {n_heads} heads")
-    return chosen
+    return _indices(heads, n_heads, "head")
 
 
 class Attender:
@@ -159,9 +196,7 @@ class Attender:
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise AttendsegError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        for option in ("num_beams", "num_return_sequences"):
-            if generate_kwargs.get(option, 1) != 1:
-                raise AttendsegError(f"{option} > 1 is not supported: capture follows one sequence per image")
+        _check_generate_options(generate_kwargs)
         return self._run(images, prompt, None, "predicting", layers, heads, per_layer, per_head,
                          batch_size, progress, dict(max_new_tokens=max_new_tokens, **generate_kwargs))
 
@@ -191,6 +226,8 @@ class Attender:
         texts = None if text is None else _per_image(text, len(images), "text")
         layer_list = _layer_list(layers, self.n_layers)
         head_list = _head_list(heads, self.n_heads)
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise AttendsegError(f"batch_size must be a positive integer, got {batch_size!r}")
         size = batch_size or len(images)
         traces = []
         starts = range(0, len(images), size)
@@ -219,6 +256,7 @@ class Attender:
                 kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id,
                               **self.adapter.generation_defaults())
                 kwargs.update(generate_kwargs)
+                kwargs.update(FIXED_GENERATE_OPTIONS)
                 sequences = self.model.generate(**prepared.inputs, **kwargs)
             else:
                 self.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
@@ -229,26 +267,32 @@ class Attender:
         traces = []
         for b, image in enumerate(images):
             if texts is None:
-                token_ids = self._answer_ids(sequences[b, prepared.inputs["input_ids"].shape[1]:])
+                token_ids = self._answer_ids(sequences[b, prepared.inputs["input_ids"].shape[1]:],
+                                             generate_kwargs.get("eos_token_id"))
                 text, offsets = decode_with_offsets(self.adapter.tokenizer, token_ids)
-                row_maps = maps[b, : len(token_ids)]
+                row_maps = maps[b, : len(token_ids)].clone()
             else:
                 token_ids, offsets, text = prepared.text_ids[b], prepared.text_offsets[b], texts[b]
-                row_maps = maps[b, maps.shape[1] - len(token_ids):]
+                row_maps = maps[b, maps.shape[1] - len(token_ids):].clone()
             traces.append(Trace(token_ids=token_ids.cpu(), text=text, offsets=offsets, maps=row_maps,
                                 views=prepared.views[b], image_size=image.size, prompt=prompts[b],
                                 **common))
         return traces
 
-    def _answer_ids(self, generated: torch.Tensor) -> torch.Tensor:
-        """Generated ids up to and including the first end-of-sequence token."""
-        eos = self.model.generation_config.eos_token_id
+    def _answer_ids(self, generated: torch.Tensor, eos=None) -> torch.Tensor:
+        """Generated ids up to and including the first end-of-sequence token; trailing padding
+        (rows of a batch that stopped early for another reason) is dropped."""
+        eos = self.model.generation_config.eos_token_id if eos is None else eos
         eos = set([eos] if isinstance(eos, int) else (eos or []))
         ids = generated.tolist()
         for i, token in enumerate(ids):
             if token in eos:
                 return generated[: i + 1]
-        return generated
+        pad = self.adapter.tokenizer.pad_token_id
+        end = len(ids)
+        while end > 1 and ids[end - 1] == pad:
+            end -= 1
+        return generated[:end]
 
 
 def _per_image(value, n: int, what: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 Output layout: each image ``IN/sub/cat.jpg`` found under a folder argument ``IN`` is written as
 ``OUT/sub/cat.jpg.json`` (the full file name is kept, so ``cat.jpg`` and ``cat.png`` never
-collide); with several path arguments, outputs go under ``OUT/<argument name>/``. A file is
+collide); with several folder arguments, outputs go under ``OUT/<folder name>/``; two inputs that
+would write the same output are refused up front. A file is
 complete once its JSON exists: extra outputs (overlay, PNG masks, traces) are written first,
 the JSON last, each atomically, so a stopped run resumes by skipping images whose JSON exists.
 Inputs are only read.
@@ -73,7 +74,7 @@ def collect(paths: Sequence[str | os.PathLike], exclude: Path | None = None):
             ignored.append((root, "no such file or folder"))
             continue
         if root.is_file():
-            candidates = [(root, Path(root.name))]
+            candidates = [(root, Path(root.name))]  # files keep their own name: collisions are refused
         else:
             candidates = []
             for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -89,6 +90,12 @@ def collect(paths: Sequence[str | os.PathLike], exclude: Path | None = None):
             if key not in seen:
                 seen.add(key)
                 jobs.append(Job(path, stem))
+    owners: dict[Path, Path] = {}
+    for job in jobs:
+        other = owners.setdefault(job.stem, job.source)
+        if other != job.source:
+            raise AttendsegError(f"{other} and {job.source} would write the same output "
+                                 f"({job.stem}); run them separately or rename one")
     return jobs, ignored
 
 
@@ -131,6 +138,9 @@ def run(jobs: Sequence[Job], out: Path, process: Callable, *, done_suffix: str, 
                 summary.written += [job.output(out, done_suffix) for job, _ in loaded]
             except AttendsegError as error:
                 summary.failed += [(job.source, str(error)) for job, _ in loaded]
+            except Exception as error:  # a bug or a resource problem: name it, keep going
+                why = f"{type(error).__name__}: {error}"
+                summary.failed += [(job.source, why) for job, _ in loaded]
         if bar is not None:
             bar.update(len(todo[start:start + batch_size]))
     if bar is not None:

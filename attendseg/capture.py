@@ -12,7 +12,8 @@ ever kept, unlike ``output_attentions=True``.
 
 Rows recorded per forward call are the *last* ``n_rows`` query positions, shifted ``shift``
 positions to the left. Generation uses ``(1, 0)`` on every call: the last prompt position in the
-prefill (it predicts the first new token), then the single new position in each decode step. A
+prefill (it predicts the first new token), then the single new position in each decode step
+(``use_cache=False`` re-runs the whole sequence each step: its last row is recorded). A
 teacher-forced text of ``r`` tokens at the end of the sequence uses ``(r, 1)`` for the
 predicting rows, ``(r, 0)`` for the tokens' own rows.
 """
@@ -20,6 +21,7 @@ predicting rows, ``(r, 0)`` for the tokens' own rows.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Iterator, Sequence
 
 import torch
@@ -29,7 +31,9 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "attendseg"
 
-_ACTIVE: list["Recorder"] = []
+#: The recorder of the current thread / task (each thread starts with none, so concurrent
+#: captures in different threads never see each other's calls).
+_ACTIVE: contextvars.ContextVar["Recorder | None"] = contextvars.ContextVar("attendseg_recorder", default=None)
 
 
 class Recorder:
@@ -81,14 +85,18 @@ class Recorder:
         q_len, kv_len = query.shape[2], key.shape[2]
         slot = self._slot[module.layer_idx]
         if slot == 0:  # the first recorded layer opens a new forward call
-            self._seq_len = kv_len if not self._steps and self._current is None else self._seq_len + q_len
+            first = not self._steps and self._current is None
+            # tokens in the sequence so far: the whole input when there is no cache (q == kv),
+            # else one more chunk; a static cache's kv also counts its empty slots
+            self._seq_len = q_len if first or q_len == kv_len else self._seq_len + q_len
             self._flush()
         stop = q_len - self.shift
         rows = slice(max(stop - self.n_rows, 0), stop)
-        probs = row_probabilities(query, key, attention_mask, scaling, rows, softcap)  # [B, H, r, kv]
+        filled = min(self._seq_len, kv_len)  # keys holding real tokens (static caches pad)
+        probs = row_probabilities(query, key, attention_mask, scaling, rows, softcap, filled)  # [B, H, r, kv]
         if self._index is None or self._index.device != probs.device:
             self._index = self.key_index.to(probs.device)
-        dropped = self._seq_len - kv_len  # keys a sliding-window cache no longer holds
+        dropped = max(self._seq_len - kv_len, 0)  # keys a sliding-window cache no longer holds
         if dropped:
             index = self._index - dropped
             image = probs.gather(-1, _expand(index.clamp(min=0), probs)) * (index >= 0)[:, None, None, :]
@@ -133,6 +141,7 @@ def row_probabilities(
     scaling: float | None,
     rows: slice,
     softcap: float | None = None,
+    filled: int | None = None,
 ) -> torch.Tensor:
     """Attention probabilities of some query rows over all keys, in float32.
 
@@ -140,8 +149,10 @@ def row_probabilities(
         query: ``[B, H, q, D]``; key: ``[B, H_kv, kv, D]`` (before ``repeat_kv``; ``H`` must be a
             multiple of ``H_kv``, head h reading kv head ``h // (H / H_kv)``).
         attention_mask: ``[B, 1, q, kv]`` boolean (True = attend) or additive float, or None for
-            plain causal attention with the queries at the last ``q`` positions.
+            plain causal attention with the queries at the last ``q`` of the ``filled`` keys.
         rows: which of the ``q`` query rows.
+        filled: keys holding tokens (default all ``kv``); with a None mask, later keys (empty
+            static-cache slots) are masked.
 
     Returns:
         ``[B, H, r, kv]`` float32 probabilities (rows sum to 1).
@@ -157,10 +168,11 @@ def row_probabilities(
         logits = torch.tanh(logits / softcap) * softcap
     lowest = torch.finfo(torch.float32).min
     q_len = query.shape[2]
+    filled = kv_len if filled is None else filled
     if attention_mask is None:
-        if rows.start >= q_len - 1:  # the last query row sees every key: nothing to mask
+        if rows.start >= q_len - 1 and filled == kv_len:  # the last row sees every key
             return torch.softmax(logits, dim=-1)
-        positions = torch.arange(q_len, device=q.device)[rows] + (kv_len - q_len)
+        positions = torch.arange(q_len, device=q.device)[rows] + (filled - q_len)
         allowed = torch.arange(kv_len, device=q.device)[None, :] <= positions[:, None]
         logits = logits.masked_fill(~allowed, lowest)
     elif attention_mask.dtype == torch.bool:
@@ -181,8 +193,8 @@ def capture_attention_forward(
     **kwargs,
 ):
     """``AttentionInterface`` function: sdpa's output, plus recording when a Recorder is active."""
-    if _ACTIVE:
-        recorder = _ACTIVE[-1]
+    recorder = _ACTIVE.get()
+    if recorder is not None:
         if recorder.wants(getattr(module, "layer_idx", None)):
             recorder.record(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
     return sdpa_attention_forward(
@@ -210,8 +222,8 @@ def enable(language_model: torch.nn.Module) -> None:
 @contextlib.contextmanager
 def recording(recorder: Recorder) -> Iterator[Recorder]:
     """Activate ``recorder`` for the model calls inside the block."""
-    _ACTIVE.append(recorder)
+    token = _ACTIVE.set(recorder)
     try:
         yield recorder
     finally:
-        _ACTIVE.remove(recorder)
+        _ACTIVE.reset(token)

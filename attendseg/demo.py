@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .errors import AttendsegError
 
@@ -60,12 +59,13 @@ def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool 
             inter = np.logical_and(phrase.mask, scene.masks[k]).sum()
             ious.append(inter / max(np.logical_or(phrase.mask, scene.masks[k]).sum(), 1))
         picture = viz.overlay(*viz.zoom(scene.image, grounding, ZOOM))
-        sheet.append(atomic_save_image(picture, out / f"scene_{scene.seed}.png"))
+        atomic_save_image(picture, out / f"scene_{scene.seed}.png")
+        sheet.append(picture)
     metrics = {
         "model": str(model), "refiner": refiner, "scenes": len(scenes), "objects": objects,
         "caption_exact": exact / len(scenes), "point_accuracy": hits / max(objects, 1),
         "mean_iou_of_named_objects": float(np.mean(ious)) if ious else 0.0,
     }
-    atomic_save_image(viz.contact_sheet([Image.open(p) for p in sheet], ncols=6), out / "contact_sheet.png")
+    atomic_save_image(viz.contact_sheet(sheet, ncols=6), out / "contact_sheet.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics

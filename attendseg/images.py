@@ -17,7 +17,7 @@ from .errors import AttendsegError
 #: File suffixes treated as images when scanning folders.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
-#: Images with more pixels than this are refused (PIL's decompression-bomb guard, made an error).
+#: Images with more pixels than this are refused before decoding (PIL's own default limit).
 MAX_PIXELS = 178_956_970
 
 
@@ -55,8 +55,12 @@ def load_image(source) -> Image.Image:
 def _from_array(array: np.ndarray) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise AttendsegError(f"not an image array: shape {array.shape} (expected H×W, H×W×3 or H×W×4)")
-    if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0:
+    if array.size == 0:
+        raise AttendsegError(f"empty image array: shape {array.shape}")
+    if array.dtype == np.uint16:  # full 16-bit range → 8 bit, as for 16-bit files
+        array = (array / 257.0).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.max() <= 1.0:
             array = array * 255
         array = np.clip(array, 0, 255).astype(np.uint8)
     if array.ndim == 3 and array.shape[2] == 1:
@@ -71,8 +75,6 @@ def _from_path(path: Path) -> Image.Image:
         raise AttendsegError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise AttendsegError(f"{path}: empty file (0 bytes)")
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our own limit below, checked before decoding
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -87,7 +89,7 @@ def _from_path(path: Path) -> Image.Image:
         raise
     except UnidentifiedImageError:
         raise AttendsegError(f"{path}: not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as error:
+        raise AttendsegError(f"{path}: image too large ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise AttendsegError(f"{path}: unreadable or truncated image ({error})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous

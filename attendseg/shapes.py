@@ -4,8 +4,8 @@ One responsibility: the scene world (drawing, masks, captions, seed ranges). The
 it lives in ``attendseg/data/shapes-llava`` (trained by ``scripts/train_shapes.py``).
 
 A scene is 1–4 non-overlapping objects (:data:`SHAPES` × :data:`COLOURS`, colours unique within a
-scene) of random size, position and rotation, shaded (a brightness gradient, pixel noise, an
-optional stripe pattern and a darker rim) on a textured, muted background (stripes, checks,
+scene) of random size, position and rotation, shaded (a brightness gradient, pixel noise and a
+darker rim) on a textured, muted background (stripes, checks,
 smooth noise, dots or a gradient). The *prompt* asks for an object order; the caption lists the
 objects in that order, so the caption is a deterministic function of image + prompt::
 
@@ -195,7 +195,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
     base = rng.uniform(50, 150)
     tint = rng.normal(0, 12, 3)
     c1 = np.clip(base + tint, 0, 255)
-    c2 = np.clip(c1 + rng.choice([-1, 1]) * rng.uniform(20, 45) + rng.normal(0, 6, 3), 0, 255)
+    c2 = np.clip(c1 + rng.choice([-1, 1]) * rng.uniform(12, 30) + rng.normal(0, 4, 3), 0, 255)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     if kind == "stripes":
         t = np.deg2rad(rng.uniform(0, 180))
@@ -215,7 +215,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
         w = (np.cos(t) * xx + np.sin(t) * yy) / size
         w = (w - w.min()) / (np.ptp(w) + 1e-9)
     w = np.asarray(w, dtype=np.float64)[..., None]
-    img = c1 * (1 - w) + c2 * w + rng.normal(0, 5, (size, size, 1))
+    img = c1 * (1 - w) + c2 * w + rng.normal(0, 4, (size, size, 1))
     return img, kind
 
 
@@ -226,12 +226,8 @@ def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, rgb, cen
     t = rng.uniform(0, 2 * np.pi)
     g = ((xx - centre[0]) * np.cos(t) + (yy - centre[1]) * np.sin(t)) / radius  # ~[-1, 1]
     shade = 0.95 + rng.uniform(0.06, 0.14) * g  # brightness gradient
-    if rng.random() < 0.35:  # a faint stripe pattern
-        s = rng.uniform(0, np.pi)
-        period = rng.uniform(3, 6)
-        shade = shade - 0.08 * ((((xx * np.cos(s) + yy * np.sin(s)) / period) % 1) < 0.5)
     colour = np.asarray(rgb, dtype=np.float64) * shade[..., None]
-    colour += rng.normal(0, 7, (size, size, 3))
+    colour += rng.normal(0, 5, (size, size, 3))
     rim = mask & ~(
         np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
     )

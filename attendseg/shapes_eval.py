@@ -50,7 +50,8 @@ def named_object(answer: str, phrase, scene: shapes.Scene) -> int | None:
 
 
 def untrained_copy(model_dir: str | Path, folder: Path, seed: int = 0) -> Path:
-    """The same architecture and processor with freshly initialised (random) weights."""
+    """The same architecture and processor with freshly initialised (random) weights, written to
+    ``folder`` (full size in float32: meant for small models such as the shapes-world ones)."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -161,15 +162,14 @@ def evaluate_shapes(model: str, refiners=("superpixel", "threshold"), n: int = 5
                     for name in refiners}
     scenes = [shapes.make_scene(s) for s in shapes.heldout_seeds(n, seed)]
     results = {"scenes": n, "seed_set": seed, "settings": {k: v for k, v in vars(config).items()}}
-    runs = [("model", model)]
-    tmp = None
-    if baselines:
-        tmp = Path(tempfile.mkdtemp(prefix="attendseg-untrained-"))
-        runs.append(("untrained", untrained_copy(model, tmp)))
+    trained = load(model, device=device)  # clear errors for a wrong model before anything else
+    tmp = Path(tempfile.mkdtemp(prefix="attendseg-untrained-")) if baselines else None
     try:
-        for label, path in runs:
-            evaluation = ShapesEvaluation(load(path, device=device), config, refiner_objs,
-                                          per_layer and label == "model")
+        runs = [("model", trained)]
+        if baselines:
+            runs.append(("untrained", load(untrained_copy(model, tmp), device=device)))
+        for label, attender in runs:
+            evaluation = ShapesEvaluation(attender, config, refiner_objs, per_layer and label == "model")
             batches = range(0, len(scenes), batch_size)
             if progress:
                 from tqdm.auto import tqdm

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import AttendsegError
 from .views import View
 
 SCHEMA_VERSION = 1
@@ -86,10 +87,10 @@ class Trace:
     def _entries(wanted, kept, separate, what) -> list[int]:
         wanted = [wanted] if isinstance(wanted, int) else list(wanted)
         if not separate:
-            raise ValueError(f"this trace averaged its {what}s; record with per_{what}=True")
+            raise AttendsegError(f"this trace averaged its {what}s; record with per_{what}=True")
         missing = [w for w in wanted if w not in kept]
         if missing:
-            raise ValueError(f"{what}s {missing} were not recorded (recorded: {list(kept)})")
+            raise AttendsegError(f"{what}s {missing} were not recorded (recorded: {list(kept)})")
         return [kept.index(w) for w in wanted]
 
     # ----------------------------------------------------------------------------- saving

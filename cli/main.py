@@ -7,6 +7,7 @@ status 2; images that cannot be read are listed in the run's summary, and the ru
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -71,9 +72,11 @@ def _output_folder(out: Path, paths: List[Path]) -> Path:
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} exists and is not a folder")
+    target = out.resolve()
     for path in paths:
-        if path.is_file() and path.resolve() == out.resolve():
-            _fail(f"--out {out} is one of the inputs")
+        resolved = path.resolve()
+        if resolved == target or target in resolved.parents:
+            _fail(f"the input {path} lies inside --out {out}; choose an output folder outside the inputs")
     return out
 
 
@@ -139,7 +142,9 @@ def ground(
             if overlays:
                 atomic_save_image(viz.overlay(image, grounding), job.output(out, ".overlay.png"))
             if masks_png:
-                grounding.save_masks_png(job.output(out, ".masks"))
+                folder = job.output(out, ".masks")
+                shutil.rmtree(folder, ignore_errors=True)  # no stale masks from an earlier run
+                grounding.save_masks_png(folder)
             path = job.output(out, ".json")
             path.parent.mkdir(parents=True, exist_ok=True)
             grounding.save_json(path)
@@ -184,6 +189,9 @@ def attend(
         if not jobs:
             _fail("no images found in " + ", ".join(map(str, paths)))
         attender = attendseg.load(_model(model), device=device, dtype=dtype, **_model_options(base))
+        from attendseg.attender import _layer_list
+
+        _layer_list(layer_list, attender.n_layers)  # a bad --layers fails once, before the run
     except AttendsegError as error:
         _fail(str(error))
 

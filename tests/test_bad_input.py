@@ -125,3 +125,42 @@ def test_very_large_image_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(attendseg.images, "MAX_PIXELS", 100_000)
     with pytest.raises(AttendsegError, match="too large .*120,000 pixels"):
         load_image(path)
+
+
+def test_image_token_in_prompt_or_text(attender):
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(AttendsegError, match="prompt contains '<image>'"):
+        attender.attend(image, "<image>\ndescribe")
+    with pytest.raises(AttendsegError, match="text contains '<image>'"):
+        attender.attend_text(image, "describe", "a <image> cat")
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "unknown device"), ("cuda:7", "CUDA is not available|only")])
+def test_bad_or_missing_device(tiny_llava, device, message):
+    with pytest.raises(AttendsegError, match=message):
+        attendseg.load(tiny_llava, device=device)
+
+
+def test_inputs_writing_the_same_output_are_refused(tmp_path, photos):
+    from attendseg.batch import collect
+
+    for name in ("a", "b"):
+        (tmp_path / name / "images").mkdir(parents=True)
+        Image.fromarray(photos["coffee"]).save(tmp_path / name / "images" / "cat.jpg")
+    with pytest.raises(AttendsegError, match="would write the same output"):
+        collect([tmp_path / "a" / "images", tmp_path / "b" / "images"])
+    with pytest.raises(AttendsegError, match="would write the same output"):
+        collect([tmp_path / "a" / "images" / "cat.jpg", tmp_path / "b" / "images" / "cat.jpg"])
+    jobs, _ = collect([tmp_path / "a" / "images"])
+    assert [j.output(tmp_path / "out", ".json").name for j in jobs] == ["cat.jpg.json"]
+
+
+def test_bad_types_for_layers_heads_batch_size(attender):
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(AttendsegError, match="layers must be"):
+        attender.attend(image, "describe", layers="0-3")
+    with pytest.raises(AttendsegError, match="batch_size"):
+        attender.attend([image], "describe", batch_size=0)
+    assert load_image(np.full((4, 4), 65535, np.uint16)).getpixel((0, 0)) == (255, 255, 255)
+    with pytest.raises(AttendsegError, match="empty image array"):
+        load_image(np.zeros((0, 0, 3), np.uint8))

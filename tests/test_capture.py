@@ -177,3 +177,27 @@ def test_sliding_window_layers_match_eager(tmp_path):
                                    torch.zeros(()))
             assert torch.allclose(trace.maps[t, layer], expected, atol=1e-5), (t, layer)
     assert truncated > 0  # the window really dropped image keys
+
+
+@pytest.mark.parametrize("options", [{"use_cache": False}, {"cache_implementation": "static"}])
+def test_uncached_and_static_cache_generation_match_eager(request, options):
+    """No cache re-runs the whole sequence each step; a static cache has empty slots."""
+    attender = attendseg.load(request.getfixturevalue("tiny_llava_gqa_pad"))
+    eager = LlavaForConditionalGeneration.from_pretrained(attender.model_id, attn_implementation="eager").eval()
+    traces = attender.attend(images(), PROMPTS, max_new_tokens=6, per_layer=True, **options)
+    prepared = attender.adapter.prepare(images(), PROMPTS)
+    with torch.no_grad():
+        ref = eager.generate(**prepared.inputs, max_new_tokens=6, do_sample=False, output_attentions=True,
+                             return_dict_in_generate=True, **attender.adapter.generation_defaults())
+    steps = [torch.stack([image_columns(layer, prepared.key_index)[:, :, -1] for layer in step], 1)
+             for step in ref.attentions]
+    reference = torch.stack(steps, 1).mean(3)  # [B, T, L, N], heads averaged
+    for b, trace in enumerate(traces):
+        assert torch.allclose(trace.maps[:, :, 0], reference[b, :len(trace)], atol=1e-5, rtol=0)
+
+
+def test_generate_options_capture_cannot_follow_are_refused(attender):
+    with pytest.raises(attendseg.AttendsegError, match="prompt_lookup_num_tokens"):
+        attender.attend(images()[0], PROMPTS[0], prompt_lookup_num_tokens=3)
+    with pytest.raises(attendseg.AttendsegError, match="return_dict_in_generate"):
+        attender.attend(images()[0], PROMPTS[0], return_dict_in_generate=True)

@@ -94,3 +94,8 @@ def test_ground_with_sam_refiner(folder, tiny_llava, tiny_sam, tmp_path):
     data = json.loads((tmp_path / "coffee.jpg.json").read_text())
     assert data["refiner"] == "sam" and data["phrases"][0]["segmentation"]["size"] == [400, 600]
     assert list((tmp_path / "coffee.jpg.masks").glob("*.png"))
+
+
+def test_output_folder_around_the_inputs_is_refused(folder):
+    result = cli("ground", folder / "sub", "--out", folder, "-q")
+    assert result.returncode == 2 and "lies inside --out" in result.stderr

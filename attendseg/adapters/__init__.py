@@ -50,6 +50,9 @@ class Adapter(ABC):
     def __init__(self, model, processor):
         self.model = model
         self.processor = processor
+        tokenizer = processor.tokenizer
+        if tokenizer.pad_token is None:  # batches are left-padded: borrow a token that exists
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
 
     @classmethod
     @abstractmethod
@@ -71,9 +74,13 @@ class Adapter(ABC):
         return self.processor.tokenizer
 
     def generation_defaults(self) -> dict:
-        """``generate`` keyword defaults: never generate the image placeholder token."""
+        """``generate`` keyword defaults: never generate the image placeholder token (added to
+        any tokens the checkpoint's generation config already suppresses)."""
         image_token = getattr(self.model.config, "image_token_id", None)
-        return {"suppress_tokens": [image_token]} if image_token is not None else {}
+        if image_token is None:
+            return {}
+        suppressed = list(getattr(self.model.generation_config, "suppress_tokens", None) or [])
+        return {"suppress_tokens": suppressed + [image_token]}
 
     @abstractmethod
     def prepare(

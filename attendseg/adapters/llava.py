@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import AttendsegError
 from ..views import View
 from . import Adapter, Prepared, register_adapter
 
@@ -51,6 +52,11 @@ class LlavaAdapter(Adapter):
     def prepare(self, images, prompts, texts=None) -> Prepared:
         tokenizer = self.tokenizer
         tokenizer.padding_side = "left"
+        image_token = getattr(self.processor, "image_token", "<image>")
+        for what, values in (("prompt", prompts), ("text", texts or [])):
+            if any(image_token in v for v in values):
+                raise AttendsegError(f"the {what} contains {image_token!r}: attendseg places the image "
+                                     f"itself; write the {what} without it")
         chat = [self.chat_prompt(p) for p in prompts]
         batch = self.processor(images=images, text=chat, return_tensors="pt", padding=True)
         text_ids, text_offsets = [], []
@@ -68,7 +74,10 @@ class LlavaAdapter(Adapter):
         for keys, row_views in zip(key_index, views):
             expected = sum(v.n_tokens for v in row_views)
             if keys.numel() != expected:
-                raise RuntimeError(f"{keys.numel()} image tokens in the sequence, the grid says {expected}")
+                raise AttendsegError(
+                    f"{keys.numel()} image tokens in the sequence, but the processor's grid has {expected}: "
+                    f"unsupported processor settings (vision_feature_select_strategy "
+                    f"{getattr(self.model.config, 'vision_feature_select_strategy', '?')!r})")
         device = self.model.device
         inputs = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in inputs:
