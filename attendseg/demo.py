@@ -27,43 +27,44 @@ def bundled_model() -> Path:
 
 def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool = True) -> dict:
     """Ground the demo scenes; write ``scene_*.png`` overlays, ``contact_sheet.png`` and
-    ``metrics.json`` (with each scene's JSON result) under ``out``. Returns the metrics."""
+    ``metrics.json`` (with each scene's JSON result) under ``out``. Returns the metrics: caption
+    exact-match, point accuracy on the model's answers and with the true captions teacher-forced,
+    and the mean IoU of the masks of named objects."""
     from . import shapes, viz
     from .batch import atomic_save_image
     from .grounder import Grounder
-    from .metrics import point_in_mask
-    from .phrases import VocabularyPhrases
-    from .shapes_eval import named_object
+    from .shapes_eval import SHAPE_PHRASES, named_object, point_hits
 
     model = model or bundled_model()
-    grounder = Grounder.from_pretrained(model, refiner=refiner, phrases=VocabularyPhrases(shapes.SHAPES))
+    grounder = Grounder.from_pretrained(model, refiner=refiner, phrases=SHAPE_PHRASES)
+    settings = grounder.settings
     scenes = [shapes.make_scene(seed) for seed in shapes.DEMO_SEEDS]
-    results = grounder.attender.attend([s.image for s in scenes], [s.prompt for s in scenes], max_new_tokens=48,
-                                       layers=grounder.settings.layers, heads=grounder.settings.heads,
-                                       progress=progress)
+    images, prompts = [s.image for s in scenes], [s.prompt for s in scenes]
+    capture = dict(layers=settings.layers, heads=settings.heads)
+    answers = grounder.attender.attend(images, prompts, max_new_tokens=48, progress=progress, **capture)
+    forced = grounder.attender.attend_text(images, prompts, [s.caption for s in scenes], **capture)
     out.mkdir(parents=True, exist_ok=True)
-    sheet, exact, hits, objects, ious = [], 0, 0, 0, []
-    for scene, trace in zip(scenes, results):
+    sheet, exact, hits, hits_tf, objects, ious = [], 0, 0, 0, 0, []
+    for scene, trace, tf in zip(scenes, answers, forced):
         grounding = grounder.ground_trace(trace, scene.image)
         grounding.meta["seed"] = scene.seed
         grounding.save_json(out / f"scene_{scene.seed}.json")
         exact += trace.text.strip() == scene.caption
         objects += len(scene.objects)
-        seen = set()
+        hits += point_hits(trace, scene, settings)
+        hits_tf += point_hits(tf, scene, settings)
         for phrase in grounding.phrases:
             k = named_object(grounding.answer, phrase, scene)
-            if k is None or k in seen:
-                continue
-            seen.add(k)
-            hits += bool(point_in_mask(phrase.points[0], scene.masks[k]))
-            inter = np.logical_and(phrase.mask, scene.masks[k]).sum()
-            ious.append(inter / max(np.logical_or(phrase.mask, scene.masks[k]).sum(), 1))
+            if k is not None:
+                inter = np.logical_and(phrase.mask, scene.masks[k]).sum()
+                ious.append(inter / max(np.logical_or(phrase.mask, scene.masks[k]).sum(), 1))
         picture = viz.overlay(*viz.zoom(scene.image, grounding, ZOOM))
         atomic_save_image(picture, out / f"scene_{scene.seed}.png")
         sheet.append(picture)
     metrics = {
         "model": str(model), "refiner": refiner, "scenes": len(scenes), "objects": objects,
         "caption_exact": exact / len(scenes), "point_accuracy": hits / max(objects, 1),
+        "point_accuracy_true_caption": hits_tf / max(objects, 1),
         "mean_iou_of_named_objects": float(np.mean(ious)) if ious else 0.0,
     }
     atomic_save_image(viz.contact_sheet(sheet, ncols=6), out / "contact_sheet.png")

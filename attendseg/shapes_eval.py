@@ -33,6 +33,8 @@ from .phrases import VocabularyPhrases
 from .refiners import make_refiner
 
 MAX_NEW_TOKENS = 48
+#: Shapes-world phrases: the shape names (the phrase roots); no spaCy involved.
+SHAPE_PHRASES = VocabularyPhrases(shapes.SHAPES)
 
 
 def named_object(answer: str, phrase, scene: shapes.Scene) -> int | None:
@@ -68,8 +70,7 @@ class ShapesEvaluation:
     def __init__(self, attender: Attender, settings: Settings, refiners: dict, per_layer: bool):
         self.attender = attender
         self.settings = settings
-        self.phrases = VocabularyPhrases(shapes.SHAPES)
-        self.grounders = {name: Grounder(attender, r, self.phrases, settings) for name, r in refiners.items()}
+        self.grounders = {name: Grounder(attender, r, SHAPE_PHRASES, settings) for name, r in refiners.items()}
         self.gcg = {name: GCGEvaluator(text_similarity=_same_name) for name in refiners}
         self.per_layer = per_layer
         self.n_scenes = self.exact = self.n_objects = 0
@@ -102,24 +103,7 @@ class ShapesEvaluation:
                         self.layer_hits[key] = self.layer_hits.get(key, 0) + hit
 
     def _hits(self, trace, scene, layers=None, normalisation=None) -> int:
-        """Objects whose naming phrase (the first that names it) peaks inside the object's mask.
-
-        The peak is the argmax of the phrase's image-frame map: the point prompt every refiner
-        gets. ``layers`` needs a per-layer trace (default: the settings' layers, or all kept).
-        """
-        if layers is None and trace.per_layer and self.settings.layers != "all":
-            layers = self.settings.layers
-        hits, seen = 0, set()
-        for phrase in self.phrases.extract(trace.text, trace.offsets):
-            k = named_object(trace.text, phrase, scene)
-            if k is None or k in seen:
-                continue
-            seen.add(k)
-            image_map = trace_image_map(trace, phrase.tokens, layers=layers, aggregate=self.settings.aggregate,
-                                        normalisation=normalisation or self.settings.normalisation,
-                                        sinks=self.settings.sinks)
-            hits += bool(point_in_mask(peaks(image_map, k=1)[0], scene.masks[k]))
-        return hits
+        return point_hits(trace, scene, self.settings, layers=layers, normalisation=normalisation)
 
     def figures(self) -> dict:
         n = max(self.n_objects, 1)
@@ -132,6 +116,26 @@ class ShapesEvaluation:
         if self.layer_hits:
             out["per_layer_point_acc_tf"] = {k: v / n for k, v in self.layer_hits.items()}
         return out
+
+
+def point_hits(trace, scene: shapes.Scene, settings: Settings, layers=None, normalisation=None) -> int:
+    """Objects whose naming phrase (the first that names it) peaks inside the object's mask.
+
+    The peak is the argmax of the phrase's image-frame map: the point prompt every refiner
+    gets. ``layers`` needs a per-layer trace (default: the settings' layers, or all kept).
+    """
+    if layers is None and trace.per_layer and settings.layers != "all":
+        layers = settings.layers
+    hits, seen = 0, set()
+    for phrase in SHAPE_PHRASES.extract(trace.text, trace.offsets):
+        k = named_object(trace.text, phrase, scene)
+        if k is None or k in seen:
+            continue
+        seen.add(k)
+        image_map = trace_image_map(trace, phrase.tokens, layers=layers, aggregate=settings.aggregate,
+                                    normalisation=normalisation or settings.normalisation, sinks=settings.sinks)
+        hits += bool(point_in_mask(peaks(image_map, k=1)[0], scene.masks[k]))
+    return hits
 
 
 def _same_name(gt_label: str, phrase_label: str) -> float:

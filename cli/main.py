@@ -231,8 +231,9 @@ def demo(
     except AttendsegError as error:
         _fail(str(error))
     typer.echo(f"{metrics['scenes']} scenes, {metrics['objects']} objects: caption exact-match "
-               f"{metrics['caption_exact']:.2f}, point accuracy {metrics['point_accuracy']:.2f}, "
-               f"mean IoU {metrics['mean_iou_of_named_objects']:.2f}")
+               f"{metrics['caption_exact']:.2f}, point accuracy {metrics['point_accuracy']:.2f} "
+               f"({metrics['point_accuracy_true_caption']:.2f} with the true captions), "
+               f"mean IoU of named objects {metrics['mean_iou_of_named_objects']:.2f}")
     typer.echo(f"overlays, contact_sheet.png and metrics.json in {out}")
 
 
