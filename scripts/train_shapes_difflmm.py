@@ -1,0 +1,379 @@
+"""Train the shapes-world DiffLMM with caption loss only, exactly like the CLIP LLaVA.
+
+The diffusion parts come from ``scripts/train_shapes_unet.py`` (a VAE and a UNet denoiser
+trained on shapes-world images only) and stay frozen. Everything else is built at the sizes of
+the shapes-world CLIP LLaVA (``scripts/train_shapes.py`` defaults: CLIP 64 px / patch 8 / 128
+wide / 3 layers, last-layer features; Llama 128 wide / 4 layers / 4 heads / MLP 512; the same
+word tokenizer and chat template) and trained from scratch with the same data stream, optimiser,
+schedule and loss as ``scripts/train_shapes.py`` (whose ``Batcher``, ``scene_seed`` and option
+parser are imported): CLIP, the implicit captioner, the SDCLIP projector and the LLM train;
+the VAE and the UNet do not.
+
+The UNet was trained with a learned constant conditioning (the "null caption"); the implicit
+captioner is initialised to output exactly it (``clip_pe`` = null caption, last captioner layer
+zero), so caption training starts from the conditioning the UNet knows.
+
+Usage::
+
+    python scripts/train_shapes_difflmm.py --unet-dir /work/runs/shapes_unet --out /work/runs/shapes_difflmm \\
+        --steps 12000 --batch 16 --warmup 150 --max-minutes 30 --threads 1 --n-weights 4,3,2,1 --uniform-after 0.75
+    python scripts/train_shapes_difflmm.py --out /work/runs/shapes_difflmm --export attendseg/data/shapes-difflmm
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from attendseg import shapes  # noqa: E402
+from train_shapes import Batcher, parse_args as base_parse_args, scene_seed  # noqa: E402
+
+
+def parse_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    unet_dir, up_block, timestep, choose = "runs/shapes_unet", 1, 100, ""
+    rest = []
+    it = iter(argv)
+    for a in it:  # our own options, the rest goes to train_shapes' parser
+        if a == "--unet-dir":
+            unet_dir = next(it)
+        elif a == "--up-block":
+            up_block = int(next(it))
+        elif a == "--timestep":
+            timestep = int(next(it))
+        elif a == "--choose-settings":
+            choose = next(it)
+        else:
+            rest.append(a)
+    args = base_parse_args(rest)
+    args.unet_dir, args.up_block, args.timestep, args.choose_settings = unet_dir, up_block, timestep, choose
+    return args
+
+
+def pixel_values(images: list[np.ndarray]) -> torch.Tensor:
+    """``[B, 3, S, S]`` in [-1, 1]: the DiffLMM processor's output for square images of its size."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+class DiffBatcher(Batcher):
+    def __call__(self, scenes):
+        out = super().__call__(scenes)
+        out["pixel_values"] = pixel_values([sc.image for sc in scenes])
+        return out
+
+
+def build(args, folder: Path):
+    """Write the initial DiffLMM folder (random CLIP / projector / LLM, trained VAE + UNet)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import LlamaConfig
+
+    from attendseg.encoders import DiffLMMConfig, DiffLMMForConditionalGeneration, DiffLMMVisionConfig, make_processor
+    from attendseg.tiny import CHAT_TEMPLATE, word_tokenizer
+
+    unet_dir = Path(args.unet_dir)
+    unet = UNet2DConditionModel.from_pretrained(unet_dir / "unet")
+    vae = AutoencoderKL.from_pretrained(unet_dir / "vae")
+    sched = json.loads((unet_dir / "scheduler" / "scheduler_config.json").read_text())
+    null = torch.load(unet_dir / "null_context.pt")
+    grid = args.image_size // args.patch
+    vision = DiffLMMVisionConfig(
+        unet_config=dict(unet.config),
+        vae_config=dict(vae.config),
+        scheduler_config={k: v for k, v in sched.items() if not k.startswith("_")},
+        clip_config={
+            "hidden_size": args.vision_hidden,
+            "intermediate_size": args.vision_hidden * 4,
+            "num_hidden_layers": args.vision_layers,
+            "num_attention_heads": args.heads,
+            "image_size": args.image_size,
+            "patch_size": args.patch,
+            "projection_dim": args.vision_hidden,
+        },
+        up_block=args.up_block,
+        timestep=args.timestep,
+        ensemble_size=1,
+        image_size=args.image_size,
+        clip_feature_layer=-1,  # as the CLIP LLaVA (vision_feature_layer=-1)
+        caption_dim=int(unet.config.cross_attention_dim),
+        deterministic=True,
+        seed=0,
+    )
+    if vision.feature_grid != grid or null.shape[0] != grid * grid:
+        raise SystemExit(f"feature grid {vision.feature_grid} / null caption {tuple(null.shape)} vs CLIP grid {grid}")
+    tokenizer = word_tokenizer(shapes.VOCABULARY)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.text_hidden,
+        intermediate_size=args.text_hidden * 4,
+        num_hidden_layers=args.text_layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=max(512, grid * grid + 256),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = DiffLMMConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=grid * grid,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(args.seed)
+    model = DiffLMMForConditionalGeneration(config).eval()
+    tower = model.model.vision_tower
+    tower.unet.load_state_dict(unet.state_dict())
+    tower.vae.load_state_dict(vae.state_dict())
+    proj = model.model.multi_modal_projector
+    with torch.no_grad():
+        proj.clip_pe.copy_(null)
+        proj.clip_projector[2].weight.zero_()
+        proj.clip_projector[2].bias.zero_()
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = (
+        tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id)
+    model.save_pretrained(folder)
+    make_processor(tokenizer, vision, chat_template=CHAT_TEMPLATE).save_pretrained(folder)
+    return folder
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoProcessor
+
+    from attendseg.encoders import DiffLMMForConditionalGeneration
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = out / "model"
+    state_path = out / "state.pt"
+
+    def log(msg):
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    if args.export:
+        export(model_dir, Path(args.export))
+        return
+    if args.choose_settings:
+        choose_settings(Path(args.choose_settings), args.n)
+        return
+    if args.eval_only:  # the branch probe (see probe())
+        res = probe(model_dir, args.n)
+        print(json.dumps(res, indent=1))
+        if args.eval_json:
+            Path(args.eval_json).write_text(json.dumps(res, indent=1))
+        return
+    if not (model_dir / "config.json").exists():
+        build(args, model_dir)
+    torch.manual_seed(args.seed)
+    model = DiffLMMForConditionalGeneration.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    batcher = DiffBatcher(processor, args.image_size)
+    # the processor and our pixel_values agree
+    sc = shapes.make_scene(0)
+    ref = processor(images=[sc.image], text=[batcher.prompt_text(sc.prompt)], return_tensors="pt")["pixel_values"]
+    assert torch.allclose(ref, pixel_values([sc.image]), atol=1e-5), (ref - pixel_values([sc.image])).abs().max()
+
+    tower = model.model.vision_tower
+    tower.unet.requires_grad_(False).eval()
+    tower.vae.requires_grad_(False).eval()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    n_all = sum(p.numel() for p in model.parameters())
+    n_tr = sum(p.numel() for _, p in trainable)
+    log(f"model: {n_all / 1e6:.2f} M parameters, {n_tr / 1e6:.2f} M trainable (UNet + VAE frozen)")
+    decay = [p for n, p in trainable if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in trainable if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98))
+    step = 0
+    elapsed0 = 0.0
+    t_start = time.time()
+
+    def progress() -> float:
+        f = step / args.steps
+        if args.max_minutes:
+            f = max(f, (elapsed0 + time.time() - t_start) / (args.max_minutes * 60))
+        return min(f, 1.0)
+
+    def lr_factor() -> float:  # as scripts/train_shapes.py
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        f0 = args.warmup / args.steps
+        f = max(0.0, (progress() - f0) / max(1e-9, 1 - f0))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(f, 1.0)))
+
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        elapsed0 = state.get("elapsed", 0.0)
+        log(f"resumed at step {step} ({elapsed0 / 60:.1f} min trained)")
+    model.train()
+    tower.unet.eval()
+    tower.vae.eval()
+
+    def save():
+        model.save_pretrained(model_dir)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "elapsed": elapsed0 + time.time() - t_start, "args": vars(args)}, tmp)
+        tmp.replace(state_path)
+        log(f"saved step {step}")
+
+    n_weights = None
+    if args.n_weights:
+        n_weights = np.array([float(w) for w in args.n_weights.split(",")])
+        n_weights = n_weights / n_weights.sum()
+    log_f = open(out / "log.jsonl", "a")
+    log_f.write(json.dumps({"start": step, "args": vars(args)}) + "\n")
+    run_loss, run_n, t_log = 0.0, 0, time.time()
+    while step < args.steps and progress() < 1.0:
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor()
+        seeds = [scene_seed(step, 0, 1, args.batch, i) for i in range(args.batch)]
+        if n_weights is not None and progress() < args.uniform_after:
+            scenes = [shapes.make_scene(s, size=args.image_size, n_objects=int(
+                np.random.default_rng([s, 1]).choice(4, p=n_weights)) + 1) for s in seeds]
+        else:
+            scenes = [shapes.make_scene(s, size=args.image_size) for s in seeds]
+        loss = model(**batcher(scenes)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        run_loss += loss.item()
+        run_n += 1
+        if step % args.log_every == 0 or step == args.steps:
+            dt = time.time() - t_log
+            rec = {"step": step, "loss": round(run_loss / run_n, 5), "lr": round(opt.param_groups[0]["lr"], 7),
+                   "sec_per_step": round(dt / run_n, 3),
+                   "elapsed_min": round((elapsed0 + time.time() - t_start) / 60, 2)}
+            log(json.dumps(rec))
+            log_f.write(json.dumps(rec) + "\n")
+            log_f.flush()
+            run_loss, run_n, t_log = 0.0, 0, time.time()
+        if step % args.save_every == 0:
+            save()
+    if step % args.save_every:
+        save()
+
+
+@torch.no_grad()
+def probe(model_dir: Path, n: int = 200, batch: int = 25) -> dict:
+    """Which branch the trained model reads: teacher-forced caption loss and colour/shape word
+    accuracy on ``n`` tune scenes with both branches intact, with the UNet features of another
+    scene of the batch (cyclic shift), and with the CLIP tokens of another scene (the concatenated
+    tokens and the implicit caption that conditions the UNet)."""
+    from transformers import AutoProcessor
+
+    from attendseg.encoders import DiffLMMForConditionalGeneration
+
+    model = DiffLMMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    batcher = DiffBatcher(processor, 64)
+    tok = processor.tokenizer
+    ids_of = {w: tok.convert_tokens_to_ids(w) for w in (*shapes.COLOURS, *shapes.SHAPES)}
+    colour_ids = torch.tensor([ids_of[w] for w in shapes.COLOURS])
+    shape_ids = torch.tensor([ids_of[w] for w in shapes.SHAPES])
+    tower = model.model.vision_tower
+    orig_diff, orig_clip = tower.diffusion_features, tower.clip_features
+    seeds = list(shapes.TUNE_SEEDS[:n])
+    res = {}
+    for mode in ("intact", "unet_from_other_scene", "clip_from_other_scene"):
+        tower.diffusion_features = (lambda *a, **k: [f.roll(1, 0) for f in orig_diff(*a, **k)]) \
+            if mode == "unet_from_other_scene" else orig_diff
+        tower.clip_features = (lambda *a, **k: orig_clip(*a, **k).roll(1, 0)) \
+            if mode == "clip_from_other_scene" else orig_clip
+        tot_loss = tot_tok = 0.0
+        ok = {"colour": [0, 0], "shape": [0, 0]}
+        for b0 in range(0, n, batch):
+            scenes = [shapes.make_scene(s) for s in seeds[b0 : b0 + batch]]
+            inp = batcher(scenes)
+            out = model(**inp)
+            logits, labels = out.logits[:, :-1], inp["labels"][:, 1:]
+            m = labels != -100
+            tot_loss += torch.nn.functional.cross_entropy(logits[m], labels[m], reduction="sum").item()
+            tot_tok += m.sum().item()
+            pred = logits.argmax(-1)
+            for kind, kind_ids in (("colour", colour_ids), ("shape", shape_ids)):
+                km = torch.isin(labels, kind_ids)
+                ok[kind][0] += (pred[km] == labels[km]).sum().item()
+                ok[kind][1] += km.sum().item()
+        res[mode] = {"caption_loss": round(tot_loss / tot_tok, 4),
+                     **{f"{k}_word_acc": round(v[0] / max(v[1], 1), 4) for k, v in ok.items()}}
+    tower.diffusion_features, tower.clip_features = orig_diff, orig_clip
+    return res
+
+
+def choose_settings(folder: Path, n: int = 200, batch: int = 25) -> dict:
+    """Pick the map settings of a model folder on training-range tune scenes and write its
+    ``attendseg.json``, as the bundled CLIP model's were picked: the candidate (one layer or the
+    mean of all, raw or mean-normalised) with the best teacher-forced point accuracy on
+    ``shapes.TUNE_SEEDS[:n]`` (never the held-out seeds ``attendseg eval shapes`` uses)."""
+    from attendseg.attender import load
+    from attendseg.grounder import Settings
+    from attendseg.shapes_eval import ShapesEvaluation
+
+    attender = load(str(folder))
+    ev = ShapesEvaluation(attender, Settings(), {}, per_layer=True)
+    n_layers = None
+    hits: dict[str, int] = {}
+    n_obj = 0
+    seeds = list(shapes.TUNE_SEEDS[:n])
+    for b0 in range(0, n, batch):
+        scenes = [shapes.make_scene(s) for s in seeds[b0 : b0 + batch]]
+        forced = attender.attend_text([s.image for s in scenes], [s.prompt for s in scenes],
+                                      [s.caption for s in scenes], layers="all", per_layer=True, heads="all")
+        for scene, tf in zip(scenes, forced):
+            n_layers = list(tf.layers)
+            n_obj += len(scene.objects)
+            for norm, tag in (("none", "raw"), ("mean", "norm")):
+                for layer in [*n_layers, "all"]:
+                    layers = n_layers if layer == "all" else [layer]
+                    key = f"{tag}/{layer}"
+                    hits[key] = hits.get(key, 0) + ev._hits(tf, scene, layers=layers, normalisation=norm)
+    cand = {k: round(v / max(n_obj, 1), 4) for k, v in hits.items()}
+    best = max(cand, key=cand.get)
+    tag, layer = best.split("/")
+    settings = {"layers": "all" if layer == "all" else [int(layer)], "normalisation": "none" if tag == "raw" else "mean"}
+    data = {"settings": settings,
+            "chosen_on": f"shapes.TUNE_SEEDS[:{n}] (training range), teacher-forced point accuracy "
+                         "(attendseg's phrase maps, scripts/train_shapes_difflmm.py --choose-settings)",
+            "candidates": cand}
+    (folder / "attendseg.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(json.dumps(data, indent=1))
+    return data
+
+
+def export(model_dir: Path, dest: Path):
+    """Copy the trained folder with fp16 weights."""
+    from transformers import AutoProcessor
+
+    from attendseg.encoders import DiffLMMForConditionalGeneration
+
+    model = DiffLMMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).half()
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    AutoProcessor.from_pretrained(model_dir).save_pretrained(dest)
+    print(f"exported to {dest}: {(dest / 'model.safetensors').stat().st_size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
