@@ -18,6 +18,11 @@ Usage::
     python scripts/train_shapes_difflmm.py --unet-dir /work/runs/shapes_unet --out /work/runs/shapes_difflmm \\
         --steps 12000 --batch 16 --warmup 150 --max-minutes 30 --threads 1 --n-weights 4,3,2,1 --uniform-after 0.75
     python scripts/train_shapes_difflmm.py --out /work/runs/shapes_difflmm --export attendseg/data/shapes-difflmm
+    # map settings picked on tune seeds, written to FOLDER/attendseg.json (any model folder)
+    python scripts/train_shapes_difflmm.py --choose-settings /work/runs/shapes_difflmm/model --n 300
+    # branch probe: teacher-forced caption loss / word accuracy, intact and with either branch
+    # taken from another scene (--probe-model FOLDER: another folder, a CLIP LLaVA gets "intact" only)
+    python scripts/train_shapes_difflmm.py --out /work/runs/shapes_difflmm --eval-only --n 200
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from train_shapes import Batcher, parse_args as base_parse_args, scene_seed  # n
 
 def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    unet_dir, up_block, timestep, choose = "runs/shapes_unet", 1, 100, ""
+    unet_dir, up_block, timestep, choose, probe_model = "runs/shapes_unet", 1, 100, "", ""
     rest = []
     it = iter(argv)
     for a in it:  # our own options, the rest goes to train_shapes' parser
@@ -52,10 +57,13 @@ def parse_args(argv=None):
             timestep = int(next(it))
         elif a == "--choose-settings":
             choose = next(it)
+        elif a == "--probe-model":
+            probe_model = next(it)
         else:
             rest.append(a)
     args = base_parse_args(rest)
-    args.unet_dir, args.up_block, args.timestep, args.choose_settings = unet_dir, up_block, timestep, choose
+    args.unet_dir, args.up_block, args.timestep = unet_dir, up_block, timestep
+    args.choose_settings, args.probe_model = choose, probe_model
     return args
 
 
@@ -171,8 +179,8 @@ def main(argv=None):
     if args.choose_settings:
         choose_settings(Path(args.choose_settings), args.n)
         return
-    if args.eval_only:  # the branch probe (see probe())
-        res = probe(model_dir, args.n)
+    if args.eval_only:  # the branch probe (see probe()), of --probe-model or this run's model
+        res = probe(Path(args.probe_model) if args.probe_model else model_dir, args.n)
         print(json.dumps(res, indent=1))
         if args.eval_json:
             Path(args.eval_json).write_text(json.dumps(res, indent=1))
@@ -285,18 +293,27 @@ def probe(model_dir: Path, n: int = 200, batch: int = 25) -> dict:
 
     from attendseg.encoders import DiffLMMForConditionalGeneration
 
-    model = DiffLMMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    batcher = DiffBatcher(processor, 64)
+    is_llava = json.loads((Path(model_dir) / "config.json").read_text())["model_type"] == "llava"
+    if is_llava:  # the CLIP LLaVA: the intact figures only, for comparison
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+        batcher = Batcher(processor, 64)
+    else:
+        model = DiffLMMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+        batcher = DiffBatcher(processor, 64)
     tok = processor.tokenizer
     ids_of = {w: tok.convert_tokens_to_ids(w) for w in (*shapes.COLOURS, *shapes.SHAPES)}
     colour_ids = torch.tensor([ids_of[w] for w in shapes.COLOURS])
     shape_ids = torch.tensor([ids_of[w] for w in shapes.SHAPES])
     tower = model.model.vision_tower
+    if is_llava:
+        tower.diffusion_features = tower.clip_features = None
     orig_diff, orig_clip = tower.diffusion_features, tower.clip_features
     seeds = list(shapes.TUNE_SEEDS[:n])
     res = {}
-    for mode in ("intact", "unet_from_other_scene", "clip_from_other_scene"):
+    for mode in ("intact",) if is_llava else ("intact", "unet_from_other_scene", "clip_from_other_scene"):
         tower.diffusion_features = (lambda *a, **k: [f.roll(1, 0) for f in orig_diff(*a, **k)]) \
             if mode == "unet_from_other_scene" else orig_diff
         tower.clip_features = (lambda *a, **k: orig_clip(*a, **k).roll(1, 0)) \
@@ -318,7 +335,8 @@ def probe(model_dir: Path, n: int = 200, batch: int = 25) -> dict:
                 ok[kind][1] += km.sum().item()
         res[mode] = {"caption_loss": round(tot_loss / tot_tok, 4),
                      **{f"{k}_word_acc": round(v[0] / max(v[1], 1), 4) for k, v in ok.items()}}
-    tower.diffusion_features, tower.clip_features = orig_diff, orig_clip
+    if not is_llava:
+        tower.diffusion_features, tower.clip_features = orig_diff, orig_clip
     return res
 
 
