@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -276,6 +275,110 @@ def evaluate(model, processor, batcher, seeds, image_size, batch=25, log=print):
     }
 
 
+def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, frozen=()):
+    """The caption-loss training loop (shared with ``train_shapes_difflmm.py``).
+
+    AdamW over the parameters that require grad (no weight decay on biases, norms and
+    embeddings), linear warmup then cosine decay over ``--steps`` or ``--max-minutes`` (whichever
+    comes first), the ``--n-weights`` object-count curriculum until ``--uniform-after``, resumable
+    from ``state_path``, JSONL log beside it, ``model_dir`` saved every ``--save-every`` steps.
+    ``frozen`` modules are kept in eval mode.
+    """
+    is_main = acc.is_main_process
+    out = state_path.parent
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    n_all = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for _, p in trainable)
+    log(f"model: {n_all / 1e6:.2f} M parameters, {n_trainable / 1e6:.2f} M trainable; world {acc.num_processes}")
+    decay = [p for n, p in trainable if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in trainable if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98))
+
+    step = 0
+    elapsed0 = 0.0  # training seconds before this (resumed) run
+    t_start = time.time()
+
+    def progress() -> float:
+        f = step / args.steps
+        if args.max_minutes:
+            f = max(f, (elapsed0 + time.time() - t_start) / (args.max_minutes * 60))
+        return min(f, 1.0)
+
+    def lr_factor() -> float:
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        f0 = args.warmup / args.steps
+        f = max(0.0, (progress() - f0) / max(1e-9, 1 - f0))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(f, 1.0)))
+
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        elapsed0 = state.get("elapsed", 0.0)
+        log(f"resumed at step {step} ({elapsed0 / 60:.1f} min trained)")
+    model, opt = acc.prepare(model, opt)
+    model.train()
+    for module in frozen:
+        module.eval()
+
+    def save():
+        acc.wait_for_everyone()
+        if is_main:
+            unwrapped = acc.unwrap_model(model)
+            unwrapped.save_pretrained(model_dir)
+            tmp = state_path.with_suffix(".tmp")
+            torch.save({"model": unwrapped.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "elapsed": elapsed0 + time.time() - t_start, "args": vars(args)}, tmp)
+            tmp.replace(state_path)
+            log(f"saved step {step}")
+
+    n_weights = None
+    if args.n_weights:
+        n_weights = np.array([float(w) for w in args.n_weights.split(",")])
+        n_weights = n_weights / n_weights.sum()
+    log_f = open(out / "log.jsonl", "a") if is_main else None
+    if log_f:
+        log_f.write(json.dumps({"start": step, "args": vars(args)}) + "\n")
+    run_loss, run_n, t_log = 0.0, 0, time.time()
+    while step < args.steps and progress() < 1.0:
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor()
+        seeds = [scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
+                 for i in range(args.batch)]
+        if n_weights is not None and progress() < args.uniform_after:
+            scenes = [shapes.make_scene(s, size=args.image_size, n_objects=int(
+                np.random.default_rng([s, 1]).choice(4, p=n_weights)) + 1) for s in seeds]
+        else:
+            scenes = [shapes.make_scene(s, size=args.image_size) for s in seeds]
+        batch = {k: v.to(acc.device) for k, v in batcher(scenes).items()}
+        loss = model(**batch).loss
+        acc.backward(loss)
+        acc.clip_grad_norm_([p for _, p in trainable], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        run_loss += loss.item()
+        run_n += 1
+        if step % args.log_every == 0 or step == args.steps:
+            dt = time.time() - t_log
+            rec = {"step": step, "loss": round(run_loss / run_n, 5), "lr": round(opt.param_groups[0]["lr"], 7),
+                   "sec_per_step": round(dt / run_n, 3),
+                   "elapsed_min": round((elapsed0 + time.time() - t_start) / 60, 2)}
+            log(json.dumps(rec))
+            if log_f:
+                log_f.write(json.dumps(rec) + "\n")
+                log_f.flush()
+            run_loss, run_n, t_log = 0.0, 0, time.time()
+        if step % args.save_every == 0:
+            save()
+    if step % args.save_every:
+        save()
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
@@ -329,93 +432,7 @@ def main(argv=None):
             Path(args.eval_json).write_text(json.dumps(res, indent=1))
         return
 
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {n_params / 1e6:.2f} M parameters; world {acc.num_processes}")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98))
-
-    step = 0
-    elapsed0 = 0.0  # training seconds before this (resumed) run
-    t_start = time.time()
-
-    def progress() -> float:
-        f = step / args.steps
-        if args.max_minutes:
-            f = max(f, (elapsed0 + time.time() - t_start) / (args.max_minutes * 60))
-        return min(f, 1.0)
-
-    def lr_factor() -> float:
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        f0 = args.warmup / args.steps
-        f = max(0.0, (progress() - f0) / max(1e-9, 1 - f0))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(f, 1.0)))
-
-    if args.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        elapsed0 = state.get("elapsed", 0.0)
-        log(f"resumed at step {step} ({elapsed0 / 60:.1f} min trained)")
-    model, opt = acc.prepare(model, opt)
-    model.train()
-
-    def save():
-        acc.wait_for_everyone()
-        if is_main:
-            unwrapped = acc.unwrap_model(model)
-            unwrapped.save_pretrained(model_dir)
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({"model": unwrapped.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "elapsed": elapsed0 + time.time() - t_start, "args": vars(args)}, tmp)
-            tmp.replace(state_path)
-            log(f"saved step {step}")
-
-    n_weights = None
-    if args.n_weights:
-        n_weights = np.array([float(w) for w in args.n_weights.split(",")])
-        n_weights = n_weights / n_weights.sum()
-    log_f = open(out / "log.jsonl", "a") if is_main else None
-    if log_f:
-        log_f.write(json.dumps({"start": step, "args": vars(args)}) + "\n")
-    run_loss, run_n, t_log = 0.0, 0, time.time()
-    while step < args.steps and progress() < 1.0:
-        for group in opt.param_groups:
-            group["lr"] = args.lr * lr_factor()
-        seeds = [scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
-                 for i in range(args.batch)]
-        if n_weights is not None and progress() < args.uniform_after:
-            scenes = [shapes.make_scene(s, size=args.image_size, n_objects=int(
-                np.random.default_rng([s, 1]).choice(4, p=n_weights)) + 1) for s in seeds]
-        else:
-            scenes = [shapes.make_scene(s, size=args.image_size) for s in seeds]
-        batch = {k: v.to(acc.device) for k, v in batcher(scenes).items()}
-        loss = model(**batch).loss
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        run_loss += loss.item()
-        run_n += 1
-        if step % args.log_every == 0 or step == args.steps:
-            dt = time.time() - t_log
-            rec = {"step": step, "loss": round(run_loss / run_n, 5), "lr": round(opt.param_groups[0]["lr"], 7),
-                   "sec_per_step": round(dt / run_n, 3),
-                   "elapsed_min": round((elapsed0 + time.time() - t_start) / 60, 2)}
-            log(json.dumps(rec))
-            if log_f:
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
-            run_loss, run_n, t_log = 0.0, 0, time.time()
-        if step % args.save_every == 0:
-            save()
-    if step % args.save_every:
-        save()
+    train(args, model, batcher, model_dir, state_path, acc, log)
 
 
 def export(model_dir: Path, dest: Path, half: bool = False):

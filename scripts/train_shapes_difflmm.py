@@ -5,7 +5,7 @@ trained on shapes-world images only) and stay frozen. Everything else is built a
 the shapes-world CLIP LLaVA (``scripts/train_shapes.py`` defaults: CLIP 64 px / patch 8 / 128
 wide / 3 layers, last-layer features; Llama 128 wide / 4 layers / 4 heads / MLP 512; the same
 word tokenizer and chat template) and trained from scratch with the same data stream, optimiser,
-schedule and loss as ``scripts/train_shapes.py`` (whose ``Batcher``, ``scene_seed`` and option
+schedule and loss as ``scripts/train_shapes.py`` (whose ``Batcher``, training loop ``train`` and option
 parser are imported): CLIP, the implicit captioner, the SDCLIP projector and the LLM train;
 the VAE and the UNet do not.
 
@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attendseg import shapes  # noqa: E402
-from train_shapes import Batcher, parse_args as base_parse_args, scene_seed  # noqa: E402
+from train_shapes import Batcher, parse_args as base_parse_args, train  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -199,88 +198,9 @@ def main(argv=None):
     tower = model.model.vision_tower
     tower.unet.requires_grad_(False).eval()
     tower.vae.requires_grad_(False).eval()
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    n_all = sum(p.numel() for p in model.parameters())
-    n_tr = sum(p.numel() for _, p in trainable)
-    log(f"model: {n_all / 1e6:.2f} M parameters, {n_tr / 1e6:.2f} M trainable (UNet + VAE frozen)")
-    decay = [p for n, p in trainable if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in trainable if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98))
-    step = 0
-    elapsed0 = 0.0
-    t_start = time.time()
+    from accelerate import Accelerator
 
-    def progress() -> float:
-        f = step / args.steps
-        if args.max_minutes:
-            f = max(f, (elapsed0 + time.time() - t_start) / (args.max_minutes * 60))
-        return min(f, 1.0)
-
-    def lr_factor() -> float:  # as scripts/train_shapes.py
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        f0 = args.warmup / args.steps
-        f = max(0.0, (progress() - f0) / max(1e-9, 1 - f0))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(f, 1.0)))
-
-    if args.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        elapsed0 = state.get("elapsed", 0.0)
-        log(f"resumed at step {step} ({elapsed0 / 60:.1f} min trained)")
-    model.train()
-    tower.unet.eval()
-    tower.vae.eval()
-
-    def save():
-        model.save_pretrained(model_dir)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "elapsed": elapsed0 + time.time() - t_start, "args": vars(args)}, tmp)
-        tmp.replace(state_path)
-        log(f"saved step {step}")
-
-    n_weights = None
-    if args.n_weights:
-        n_weights = np.array([float(w) for w in args.n_weights.split(",")])
-        n_weights = n_weights / n_weights.sum()
-    log_f = open(out / "log.jsonl", "a")
-    log_f.write(json.dumps({"start": step, "args": vars(args)}) + "\n")
-    run_loss, run_n, t_log = 0.0, 0, time.time()
-    while step < args.steps and progress() < 1.0:
-        for group in opt.param_groups:
-            group["lr"] = args.lr * lr_factor()
-        seeds = [scene_seed(step, 0, 1, args.batch, i) for i in range(args.batch)]
-        if n_weights is not None and progress() < args.uniform_after:
-            scenes = [shapes.make_scene(s, size=args.image_size, n_objects=int(
-                np.random.default_rng([s, 1]).choice(4, p=n_weights)) + 1) for s in seeds]
-        else:
-            scenes = [shapes.make_scene(s, size=args.image_size) for s in seeds]
-        loss = model(**batcher(scenes)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        run_loss += loss.item()
-        run_n += 1
-        if step % args.log_every == 0 or step == args.steps:
-            dt = time.time() - t_log
-            rec = {"step": step, "loss": round(run_loss / run_n, 5), "lr": round(opt.param_groups[0]["lr"], 7),
-                   "sec_per_step": round(dt / run_n, 3),
-                   "elapsed_min": round((elapsed0 + time.time() - t_start) / 60, 2)}
-            log(json.dumps(rec))
-            log_f.write(json.dumps(rec) + "\n")
-            log_f.flush()
-            run_loss, run_n, t_log = 0.0, 0, time.time()
-        if step % args.save_every == 0:
-            save()
-    if step % args.save_every:
-        save()
+    train(args, model, batcher, model_dir, state_path, Accelerator(), log, frozen=(tower.unet, tower.vae))
 
 
 @torch.no_grad()
