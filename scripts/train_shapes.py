@@ -1,7 +1,11 @@
 """Train the shapes-world LLaVA from scratch with caption loss only.
 
 Runs as ``python scripts/train_shapes.py`` or ``accelerate launch scripts/train_shapes.py``
-(CPU or GPUs; each process draws its own scenes). Only the caption tokens (and the closing
+(CPU or GPUs; each process draws its own scenes). Data-parallel on CPU cores (gloo), e.g. both
+cores of a 2-core machine::
+
+    ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py ...
+ Only the caption tokens (and the closing
 ``</s>``) are labels; masks, boxes and positions never enter training.
 
 Scenes are drawn on the fly from training seeds: step ``s``, process ``p``, row ``i`` uses
@@ -65,6 +69,11 @@ def parse_args(argv=None):
                    help="training-time budget: the schedule's progress is max(step / steps, "
                         "time / budget) and training stops (and saves) when either ends; "
                         "0: step-based only (bit-reproducible)")
+    p.add_argument("--vision-pretrain-minutes", type=float, default=0,
+                   help="stage 1 (before the caption-loss LLaVA training): train the vision tower "
+                        "alone for this long to predict which words its caption contains "
+                        "(bag-of-words captioning); 0: skip")
+    p.add_argument("--vision-pretrain-lr", type=float, default=1e-3)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--n-weights", default="",
                    help="curriculum: relative weights of 1..4-object training scenes, e.g. "
@@ -275,6 +284,102 @@ def evaluate(model, processor, batcher, seeds, image_size, batch=25, log=print):
     }
 
 
+def make_accelerator():
+    """An ``Accelerator`` whose DDP tolerates parameters the caption loss never reaches (the
+    vision tower's ``post_layernorm``: LLaVA reads the hidden states before it)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def word_kinds(tok, device) -> torch.Tensor:
+    """``long [vocab]``: 0 for shape words, 1 for colour words, -1 otherwise."""
+    kinds = torch.full((len(tok),), -1, dtype=torch.long)
+    for kind, words in ((0, shapes.SHAPES), (1, shapes.COLOURS)):
+        kinds[tok.convert_tokens_to_ids(list(words))] = kind
+    return kinds.to(device)
+
+
+def word_accuracy(logits, labels, word_kind) -> torch.Tensor:
+    """``[2, 2]``: (right, total) next-token predictions of shape words (row 0) and colour
+    words (row 1) in a teacher-forced training batch (``logits [B, S, V]``, ``labels [B, S]``)."""
+    pred, gold = logits[:, :-1].argmax(-1), labels[:, 1:]
+    kind = torch.where(gold >= 0, word_kind[gold.clamp(min=0)], -1)
+    out = torch.zeros(2, 2)
+    for k in (0, 1):
+        sel = kind == k
+        out[k, 0] = (pred[sel] == gold[sel]).sum().item()
+        out[k, 1] = sel.sum().item()
+    return out
+
+
+class CaptionWords(torch.nn.Module):
+    """Stage-1 model: the vision tower, mean-pooled over patch tokens, then a linear layer giving
+    one logit per vocabulary word (does the caption contain it?)."""
+
+    def __init__(self, vision_tower, vocab_size: int):
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.head = torch.nn.Linear(vision_tower.config.hidden_size, vocab_size)
+
+    def forward(self, pixel_values):  # [B, 3, S, S] -> [B, vocab]
+        hidden = self.vision_tower(pixel_values=pixel_values).last_hidden_state
+        return self.head(hidden[:, 1:].mean(1))
+
+
+def pretrain_vision(args, model, batcher, acc, log):
+    """Stage 1: bag-of-words captioning for ``--vision-pretrain-minutes``.
+
+    The vision tower (which LLaVA reads before ``post_layernorm``, as ``last_hidden_state`` is)
+    learns to tell which caption words a scene's caption contains: binary cross-entropy over the
+    vocabulary, targets from the caption text only. Scenes: seeds from 600,000,000 up (training
+    range, disjoint from stage 2's), one object for the first half, then 1–4 as in the world.
+    Constant learning rate after a 100-step warmup; the head is thrown away afterwards.
+    """
+    tok = batcher.tok
+    vocab = len(tok)
+    torch.manual_seed(args.seed)  # the same head on every process
+    net = CaptionWords(model.model.vision_tower, vocab).to(acc.device)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.vision_pretrain_lr, weight_decay=0.05)
+    net.train()
+    budget = args.vision_pretrain_minutes * 60
+    t0, step, run = time.time(), 0, []
+    log_f = open(Path(args.out) / "log.jsonl", "a") if acc.is_main_process else None
+    while time.time() - t0 < budget:
+        for group in opt.param_groups:
+            group["lr"] = args.vision_pretrain_lr * min(1.0, (step + 1) / 100)
+        first_half = time.time() - t0 < budget / 2
+        seeds = [600_000_000 + scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
+                 for i in range(args.batch)]
+        scenes = [shapes.make_scene(s, size=args.image_size, n_objects=1 if first_half else None)
+                  for s in seeds]
+        target = torch.zeros(len(scenes), vocab)
+        for row, sc in enumerate(scenes):
+            target[row, tok(sc.caption, add_special_tokens=False)["input_ids"]] = 1.0
+        logits = net(pixel_values([sc.image for sc in scenes]).to(acc.device))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.to(acc.device))
+        loss.backward()
+        if acc.num_processes > 1:  # average gradients by hand: the tower gets DDP-wrapped later
+            for param in net.parameters():
+                if param.grad is not None:
+                    torch.distributed.all_reduce(param.grad)
+                    param.grad /= acc.num_processes
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        run.append(loss.item())
+        if step % args.log_every == 0:
+            rec = {"stage": "vision", "step": step, "loss": round(float(np.mean(run)), 5),
+                   "elapsed_min": round((time.time() - t0) / 60, 2)}
+            log(json.dumps(rec))
+            if log_f:
+                log_f.write(json.dumps(rec) + "\n")
+                log_f.flush()
+            run = []
+    log(f"vision pretraining: {step} steps in {(time.time() - t0) / 60:.1f} min")
+    acc.wait_for_everyone()
+
+
 def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, frozen=()):
     """The caption-loss training loop (shared with ``train_shapes_difflmm.py``).
 
@@ -343,7 +448,9 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
     log_f = open(out / "log.jsonl", "a") if is_main else None
     if log_f:
         log_f.write(json.dumps({"start": step, "args": vars(args)}) + "\n")
+    word_kind = word_kinds(batcher.tok, acc.device)
     run_loss, run_n, t_log = 0.0, 0, time.time()
+    run_ok = torch.zeros(2, 2)  # [shape, colour] x [right, total] on the training batches
     while step < args.steps and progress() < 1.0:
         for group in opt.param_groups:
             group["lr"] = args.lr * lr_factor()
@@ -355,7 +462,9 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
         else:
             scenes = [shapes.make_scene(s, size=args.image_size) for s in seeds]
         batch = {k: v.to(acc.device) for k, v in batcher(scenes).items()}
-        loss = model(**batch).loss
+        out_ = model(**batch)
+        loss = out_.loss
+        run_ok += word_accuracy(out_.logits.detach(), batch["labels"], word_kind)
         acc.backward(loss)
         acc.clip_grad_norm_([p for _, p in trainable], 1.0)
         opt.step()
@@ -366,6 +475,8 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
         if step % args.log_every == 0 or step == args.steps:
             dt = time.time() - t_log
             rec = {"step": step, "loss": round(run_loss / run_n, 5), "lr": round(opt.param_groups[0]["lr"], 7),
+                   "shape_acc": round((run_ok[0, 0] / run_ok[0, 1].clamp(min=1)).item(), 3),
+                   "colour_acc": round((run_ok[1, 0] / run_ok[1, 1].clamp(min=1)).item(), 3),
                    "sec_per_step": round(dt / run_n, 3),
                    "elapsed_min": round((elapsed0 + time.time() - t_start) / 60, 2)}
             log(json.dumps(rec))
@@ -373,6 +484,7 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
                 log_f.write(json.dumps(rec) + "\n")
                 log_f.flush()
             run_loss, run_n, t_log = 0.0, 0, time.time()
+            run_ok.zero_()
         if step % args.save_every == 0:
             save()
     if step % args.save_every:
@@ -384,13 +496,12 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from accelerate import Accelerator
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     out = Path(args.out)
     model_dir = out / "model"
     state_path = out / "state.pt"
-    acc = Accelerator()
+    acc = make_accelerator()
     is_main = acc.is_main_process
 
     def log(msg):
@@ -432,6 +543,8 @@ def main(argv=None):
             Path(args.eval_json).write_text(json.dumps(res, indent=1))
         return
 
+    if args.vision_pretrain_minutes and not (args.resume and state_path.exists()):
+        pretrain_vision(args, model, batcher, acc, log)
     train(args, model, batcher, model_dir, state_path, acc, log)
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attendseg import shapes  # noqa: E402
-from train_shapes import Batcher, parse_args as base_parse_args, train  # noqa: E402
+from train_shapes import Batcher, make_accelerator, parse_args as base_parse_args, train  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -198,9 +198,8 @@ def main(argv=None):
     tower = model.model.vision_tower
     tower.unet.requires_grad_(False).eval()
     tower.vae.requires_grad_(False).eval()
-    from accelerate import Accelerator
 
-    train(args, model, batcher, model_dir, state_path, Accelerator(), log, frozen=(tower.unet, tower.vae))
+    train(args, model, batcher, model_dir, state_path, make_accelerator(), log, frozen=(tower.unet, tower.vae))
 
 
 @torch.no_grad()
