@@ -5,19 +5,26 @@ Runs as ``python scripts/train_shapes.py`` or ``accelerate launch scripts/train_
 cores of a 2-core machine::
 
     ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py ...
- Only the caption tokens (and the closing
-``</s>``) are labels; masks, boxes and positions never enter training.
+
+Only the caption tokens (and the closing ``</s>``) are labels; masks, boxes and positions never
+enter training. With ``--vision-pretrain-minutes`` a first stage trains the vision tower alone
+to predict which words a scene's caption contains (:func:`pretrain_vision`), which is what lets
+the tower learn shapes within a CPU hour (RESULTS.md).
 
 Scenes are drawn on the fly from training seeds: step ``s``, process ``p``, row ``i`` uses
 seed ``(s * world + p) * batch + i`` (always inside ``attendseg.shapes.TRAIN_SEEDS`` and below
-``TUNE_SEEDS``), so a run is a pure function of its options and resuming replays nothing.
+``TUNE_SEEDS``), so a step-based run is a pure function of its options and resuming replays
+nothing (``--max-minutes`` makes the schedule depend on the machine's speed).
 
-Usage::
+Usage (the bundled model's run, 12 + 40 minutes on 2 cores)::
 
-    python scripts/train_shapes.py --out runs/shapes --steps 6000           # train
-    python scripts/train_shapes.py --out runs/shapes --steps 6000 --resume  # continue
-    python scripts/train_shapes.py --out runs/shapes --eval-only --eval-seeds tune --n 300
-    python scripts/train_shapes.py --out runs/shapes --export attendseg/data/shapes-llava
+    ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py \
+        --out runs/shapes4 --steps 8000 --vision-pretrain-minutes 12 --max-minutes 40 \
+        --batch 32 --lr 1e-3 --warmup 200 --vision-hidden 64 --vision-layers 6 --text-hidden 64 \
+        --n-weights 2,1,1,1 --uniform-after 0.3
+    python scripts/train_shapes.py --out runs/shapes4 ... --resume        # continue stage 2
+    python scripts/train_shapes.py --out runs/shapes4 --eval-only --eval-seeds tune --n 300
+    python scripts/train_shapes.py --out runs/shapes4 --export attendseg/data/shapes-llava
 
 ``--out`` holds ``model/`` (a ``save_pretrained`` folder), ``state.pt`` (optimizer, scheduler,
 step — the resume point) and ``log.jsonl`` (loss per logging interval, evaluations).
