@@ -299,6 +299,16 @@ def make_accelerator():
     return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
+def any_process(acc, flag: bool) -> bool:
+    """``flag`` or'ed over the processes, so time-based stops happen at the same step everywhere
+    (a process that stopped alone would leave the others waiting in an all-reduce)."""
+    if acc.num_processes == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=acc.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def word_kinds(tok, device) -> torch.Tensor:
     """``long [vocab]``: 0 for shape words, 1 for colour words, -1 otherwise."""
     kinds = torch.full((len(tok),), -1, dtype=torch.long)
@@ -352,10 +362,10 @@ def pretrain_vision(args, model, batcher, acc, log):
     budget = args.vision_pretrain_minutes * 60
     t0, step, run = time.time(), 0, []
     log_f = open(Path(args.out) / "log.jsonl", "a") if acc.is_main_process else None
-    while time.time() - t0 < budget:
+    while not any_process(acc, time.time() - t0 >= budget):
         for group in opt.param_groups:
             group["lr"] = args.vision_pretrain_lr * min(1.0, (step + 1) / 100)
-        first_half = time.time() - t0 < budget / 2
+        first_half = time.time() - t0 < budget / 2  # may switch a step apart per process
         seeds = [600_000_000 + scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
                  for i in range(args.batch)]
         scenes = [shapes.make_scene(s, size=args.image_size, n_objects=1 if first_half else None)
@@ -458,7 +468,7 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
     word_kind = word_kinds(batcher.tok, acc.device)
     run_loss, run_n, t_log = 0.0, 0, time.time()
     run_ok = torch.zeros(2, 2)  # [shape, colour] x [right, total] on the training batches
-    while step < args.steps and progress() < 1.0:
+    while step < args.steps and not any_process(acc, progress() >= 1.0):
         for group in opt.param_groups:
             group["lr"] = args.lr * lr_factor()
         seeds = [scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
