@@ -113,15 +113,17 @@ def tiny_difflmm_config(
     text_layers: int = 2,
     text_heads: int = 4,
     kv_heads: int | None = None,
+    intermediate: int | None = None,
 ) -> DiffLMMConfig:
-    """A :class:`DiffLMMConfig` around a tiny Llama sized to ``tokenizer``."""
+    """A :class:`DiffLMMConfig` around a tiny Llama sized to ``tokenizer`` (MLP width
+    ``intermediate``, default ``2 * text_hidden``)."""
     from transformers import LlamaConfig
 
     vision_config = vision_config or tiny_vision_config()
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=text_hidden,
-        intermediate_size=text_hidden * 2,
+        intermediate_size=intermediate or text_hidden * 2,
         num_hidden_layers=text_layers,
         num_attention_heads=text_heads,
         num_key_value_heads=kv_heads or text_heads,

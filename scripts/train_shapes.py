@@ -565,11 +565,12 @@ def main(argv=None):
     train(args, model, batcher, model_dir, state_path, acc, log)
 
 
-def export(model_dir: Path, dest: Path, half: bool = False):
-    """Write the trained model + processor as a package folder (fp32; fp16 with ``half``)."""
+def export(model_dir: Path, dest: Path, half: bool = False, model_class=None):
+    """Write the trained model + processor as a package folder (fp32; fp16 with ``half``).
+    ``model_class``: the model's class (default ``LlavaForConditionalGeneration``)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model = (model_class or LlavaForConditionalGeneration).from_pretrained(model_dir, dtype=torch.float32)
     if half:
         model = model.half()
     dest.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attendseg import shapes  # noqa: E402
-from train_shapes import Batcher, make_accelerator, parse_args as base_parse_args, train  # noqa: E402
+from train_shapes import Batcher, export, make_accelerator, parse_args as base_parse_args, train  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -82,9 +82,8 @@ class DiffBatcher(Batcher):
 def build(args, folder: Path):
     """Write the initial DiffLMM folder (random CLIP / projector / LLM, trained VAE + UNet)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import LlamaConfig
-
-    from attendseg.encoders import DiffLMMConfig, DiffLMMForConditionalGeneration, DiffLMMVisionConfig, make_processor
+    from attendseg.encoders import DiffLMMForConditionalGeneration, DiffLMMVisionConfig, make_processor
+    from attendseg.encoders.tiny import tiny_difflmm_config
     from attendseg.tiny import CHAT_TEMPLATE, word_tokenizer
 
     unet_dir = Path(args.unet_dir)
@@ -118,26 +117,8 @@ def build(args, folder: Path):
     if vision.feature_grid != grid or null.shape[0] != grid * grid:
         raise SystemExit(f"feature grid {vision.feature_grid} / null caption {tuple(null.shape)} vs CLIP grid {grid}")
     tokenizer = word_tokenizer(shapes.VOCABULARY)
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=args.text_hidden,
-        intermediate_size=args.text_hidden * 4,
-        num_hidden_layers=args.text_layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        max_position_embeddings=max(512, grid * grid + 256),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    config = DiffLMMConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=grid * grid,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_difflmm_config(tokenizer, vision, text_hidden=args.text_hidden, text_layers=args.text_layers,
+                                 text_heads=args.heads, intermediate=args.text_hidden * 4)
     torch.manual_seed(args.seed)
     model = DiffLMMForConditionalGeneration(config).eval()
     tower = model.model.vision_tower
@@ -173,7 +154,7 @@ def main(argv=None):
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
     if args.export:
-        export(model_dir, Path(args.export))
+        export(model_dir, Path(args.export), half=True, model_class=DiffLMMForConditionalGeneration)
         return
     if args.choose_settings:
         choose_settings(Path(args.choose_settings), args.n)
@@ -297,19 +278,6 @@ def choose_settings(folder: Path, n: int = 200, batch: int = 25) -> dict:
     (folder / "attendseg.json").write_text(json.dumps(data, indent=1) + "\n")
     print(json.dumps(data, indent=1))
     return data
-
-
-def export(model_dir: Path, dest: Path):
-    """Copy the trained folder with fp16 weights."""
-    from transformers import AutoProcessor
-
-    from attendseg.encoders import DiffLMMForConditionalGeneration
-
-    model = DiffLMMForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).half()
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest)
-    AutoProcessor.from_pretrained(model_dir).save_pretrained(dest)
-    print(f"exported to {dest}: {(dest / 'model.safetensors').stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":
