@@ -66,6 +66,29 @@ def word_tokenizer(words: Iterable[str]):
     return tokenizer
 
 
+def sincos_positions(grid: int, dim: int, norm: float = 1.5) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position table for a CLIP tower, ``float32 [1 + grid², dim]``.
+
+    Row 0 (the CLS token) is zero; row ``1 + r * grid + c`` is patch ``(row r, column c)``. The
+    first half of the channels encodes the column, the second half the row, each as sines then
+    cosines of ``position * 10000 ** (-k / (dim / 4))``, ``k = 0 … dim/4 - 1`` (MAE's table).
+    Every patch row has L2 norm ``norm``, comparable to a freshly initialised patch embedding.
+    ``dim`` must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"dim must be a multiple of 4, got {dim}")
+    freqs = 10000.0 ** (-torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                                torch.arange(grid, dtype=torch.float64), indexing="ij")
+
+    def encode(pos):  # [grid²] -> [grid², dim / 2]
+        angle = pos.reshape(-1, 1) * freqs
+        return torch.cat([angle.sin(), angle.cos()], 1)
+
+    table = torch.cat([encode(cols), encode(rows)], 1) * (norm / (dim / 2) ** 0.5)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
+
+
 def build_llava(
     folder: str | Path,
     words: Sequence[str],
@@ -84,6 +107,7 @@ def build_llava(
     pad_to_square: bool = False,
     seed: int = 0,
     vision_feature_layer: int = -2,
+    vision_positions: str = "learned",
 ) -> Path:
     """Write a random-weight ``LlavaForConditionalGeneration`` checkpoint folder.
 
@@ -100,6 +124,9 @@ def build_llava(
             centre-crops, like llava-hf.
         vision_feature_layer: which CLIP hidden state feeds the projector (LLaVA's -2 by
             default; -1 uses the last layer, so no vision layer is computed in vain).
+        vision_positions: ``"learned"`` (CLIP's random init) or ``"sincos"``: the CLIP position
+            table starts as :func:`sincos_positions` (the weights stay an ordinary CLIP
+            checkpoint; whether training may change them is the trainer's choice).
 
     Returns:
         The folder path.
@@ -152,6 +179,12 @@ def build_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
+    if vision_positions == "sincos":
+        table = model.model.vision_tower.embeddings.position_embedding.weight
+        with torch.no_grad():
+            table.copy_(sincos_positions(grid, vision_hidden))
+    elif vision_positions != "learned":
+        raise ValueError(f"vision_positions must be 'learned' or 'sincos', not {vision_positions!r}")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id

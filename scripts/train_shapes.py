@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--text-hidden", type=int, default=128)
     p.add_argument("--text-layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vision-positions", choices=("learned", "sincos"), default="learned",
+                   help="CLIP position table: learned from random init, or a fixed 2-D sine-cosine "
+                        "table (never trained; gives the language model each patch's column and row)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500)
@@ -114,6 +117,7 @@ def build(args, folder: Path):
         text_heads=args.heads,
         vision_feature_layer=-1,
         seed=args.seed,
+        vision_positions=args.vision_positions,
     )
 
 
@@ -542,6 +546,8 @@ def main(argv=None):
         model_dir = tmp
     model = LlavaForConditionalGeneration.from_pretrained(
         model_dir, attn_implementation="eager" if args.eval_only else "sdpa", dtype=torch.float32)
+    if args.vision_positions == "sincos":  # a fixed table, as in MAE
+        model.model.vision_tower.embeddings.position_embedding.weight.requires_grad_(False)
     processor = AutoProcessor.from_pretrained(model_dir)
     batcher = Batcher(processor, args.image_size)
 
