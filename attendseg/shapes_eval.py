@@ -4,7 +4,8 @@ For each scene the model answers the scene's prompt; the answer's shape words ar
 (vocabulary phrases: the shape names, so spaCy plays no part) and each phrase is paired with the
 object its words name (``"a red circle"`` → the red circle). Figures:
 
-* ``caption_exact``: answer == the scene's caption.
+* ``caption_exact``: answer == the scene's caption; ``caption_exact_by_order`` and
+  ``caption_exact_by_objects`` split it by the prompt's order and by the number of objects.
 * ``point_acc``: per ground-truth object, the prompt point of the phrase naming it lies inside
   the object's mask (an object no phrase names counts as a miss).
 * ``point_acc_tf``: the same with the true caption teacher-forced (grounding without caption
@@ -76,6 +77,7 @@ class ShapesEvaluation:
         self.n_scenes = self.exact = self.n_objects = 0
         self.hits = {"point_acc": 0, "point_acc_tf": 0}
         self.layer_hits: dict[str, int] = {}
+        self.exact_by: dict[str, dict[str, list[int]]] = {"order": {}, "objects": {}}  # [exact, scenes]
 
     def add_batch(self, scenes: list[shapes.Scene]):
         images = [s.image for s in scenes]
@@ -86,7 +88,12 @@ class ShapesEvaluation:
         for scene, answer, tf in zip(scenes, answers, forced):
             self.n_scenes += 1
             self.n_objects += len(scene.objects)
-            self.exact += answer.text.strip() == scene.caption
+            ok = answer.text.strip() == scene.caption
+            self.exact += ok
+            for kind, key in (("order", scene.order), ("objects", str(len(scene.objects)))):
+                tally = self.exact_by[kind].setdefault(key, [0, 0])
+                tally[0] += ok
+                tally[1] += 1
             self.hits["point_acc"] += self._hits(answer, scene)
             self.hits["point_acc_tf"] += self._hits(tf, scene)
             labels = [f"{o.colour} {o.shape}" for o in scene.objects]
@@ -109,6 +116,8 @@ class ShapesEvaluation:
         n = max(self.n_objects, 1)
         out = {"scenes": self.n_scenes, "objects": self.n_objects,
                "caption_exact": self.exact / max(self.n_scenes, 1),
+               **{f"caption_exact_by_{kind}": {k: ok / total for k, (ok, total) in sorted(tallies.items())}
+                  for kind, tallies in self.exact_by.items()},
                **{k: v / n for k, v in self.hits.items()}}
         for name, evaluator in self.gcg.items():
             summary = evaluator.summary()

@@ -57,3 +57,47 @@ def test_demo_command_writes_overlays_sheet_and_metrics(tmp_path):
     assert (tmp_path / "contact_sheet.png").exists() and (tmp_path / "metrics.json").exists()
     assert metrics["point_accuracy_true_caption"] >= 0.7
     assert len(list(tmp_path.glob("scene_*.png"))) == len(shapes.DEMO_SEEDS)
+
+
+def test_eval_shapes_command_agrees_with_transformers_generate():
+    """``attendseg eval shapes --json``: its caption exact-match equals greedy decoding by plain
+    transformers (processor + chat template + ``generate``); the splits add up to the total."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    n = 12
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-m", "attendseg.cli.main", "eval", "shapes", "--n", str(n),
+                          "-r", "threshold", "--per-layer", "--json", "-q"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(run.stdout)
+    ours = figures["model"]
+
+    model = LlavaForConditionalGeneration.from_pretrained(bundled_model()).eval()
+    processor = AutoProcessor.from_pretrained(bundled_model())
+    scenes = [shapes.make_scene(seed) for seed in shapes.heldout_seeds(n, 0)]
+    exact = []
+    for scene in scenes:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": scene.prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=[scene.image], text=[text], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        exact.append(answer.strip() == scene.caption)
+    assert ours["scenes"] == n and ours["caption_exact"] == pytest.approx(np.mean(exact))
+    for kind, key in (("order", lambda s: s.order), ("objects", lambda s: str(len(s.objects)))):
+        split = ours[f"caption_exact_by_{kind}"]
+        assert set(split) == {key(s) for s in scenes}
+        for value, rate in split.items():
+            assert rate == pytest.approx(np.mean([e for e, s in zip(exact, scenes) if key(s) == value]))
+    n_layers = model.config.text_config.num_hidden_layers
+    assert len(ours["per_layer_point_acc_tf"]) == 2 * n_layers
+    assert 0 <= figures["random_point"] <= 1 and figures["untrained"]["caption_exact"] == 0
