@@ -84,9 +84,6 @@ def parse_args(argv=None):
                         "alone for this long to predict which words its caption contains "
                         "(bag-of-words captioning); 0: skip")
     p.add_argument("--vision-pretrain-lr", type=float, default=1e-3)
-    p.add_argument("--vision-pretrain-order", action="store_true",
-                   help="stage 1 also trains the projector to find the caption's first colour word "
-                        "for the prompt's order (targets from the caption text)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--n-weights", default="",
                    help="curriculum: relative weights of 1..4-object training scenes, e.g. "
@@ -339,36 +336,16 @@ def word_accuracy(logits, labels, word_kind) -> torch.Tensor:
 
 class CaptionWords(torch.nn.Module):
     """Stage-1 model: the vision tower, mean-pooled over patch tokens, then a linear layer giving
-    one logit per vocabulary word (does the caption contain it?).
+    one logit per vocabulary word (does the caption contain it?)."""
 
-    With ``projector`` it also predicts the caption's *first colour word* (which object the
-    requested order starts with): one learned query per order attends over the projector's
-    image tokens (LayerNorm-ed, as the language model would read them), and a linear layer reads
-    the attended vector. That is the attention the language model needs to name objects in order,
-    given a short path to the tower and projector.
-    """
-
-    def __init__(self, vision_tower, vocab_size: int, projector=None, n_orders: int = 0):
+    def __init__(self, vision_tower, vocab_size: int):
         super().__init__()
         self.vision_tower = vision_tower
         self.head = torch.nn.Linear(vision_tower.config.hidden_size, vocab_size)
-        self.projector = projector
-        if projector is not None:
-            dim = projector.linear_2.out_features
-            self.order_queries = torch.nn.Parameter(torch.randn(n_orders, dim) / dim**0.5)
-            self.first_head = torch.nn.Linear(dim, vocab_size)
 
-    def forward(self, pixel_values, order=None):
-        """``pixel_values [B, 3, S, S]``, ``order [B]`` (index into ``shapes.ORDERS``) ->
-        ``(words [B, vocab], first [B, vocab] or None)``."""
-        patches = self.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
-        words = self.head(patches.mean(1))
-        if self.projector is None or order is None:
-            return words, None
-        tokens = self.projector(patches)  # [B, N, D], what LLaVA feeds the language model
-        tokens = torch.nn.functional.layer_norm(tokens, tokens.shape[-1:])
-        weights = torch.einsum("bnd,bd->bn", tokens, self.order_queries[order]).softmax(-1)
-        return words, self.first_head(torch.einsum("bn,bnd->bd", weights, tokens))
+    def forward(self, pixel_values):  # [B, 3, S, S] -> [B, vocab]
+        hidden = self.vision_tower(pixel_values=pixel_values).last_hidden_state
+        return self.head(hidden[:, 1:].mean(1))
 
 
 def pretrain_vision(args, model, batcher, acc, log):
@@ -379,21 +356,15 @@ def pretrain_vision(args, model, batcher, acc, log):
     vocabulary, targets from the caption text only. Scenes: seeds from 600,000,000 up (training
     range, disjoint from stage 2's), one object for the first half, then 1–4 as in the world.
     Constant learning rate after a 100-step warmup; the head is thrown away afterwards.
-    With ``--vision-pretrain-order`` the projector joins, and a second cross-entropy term asks
-    for the caption's first colour word (see :class:`CaptionWords`; also from the caption text).
     """
     tok = batcher.tok
     vocab = len(tok)
     torch.manual_seed(args.seed)  # the same head on every process
-    order_names = list(shapes.ORDERS)
-    colour_ids = set(tok.convert_tokens_to_ids(list(shapes.COLOURS)))
-    projector = model.model.multi_modal_projector if args.vision_pretrain_order else None
-    net = CaptionWords(model.model.vision_tower, vocab, projector, len(order_names)).to(acc.device)
+    net = CaptionWords(model.model.vision_tower, vocab).to(acc.device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.vision_pretrain_lr, weight_decay=0.05)
     net.train()
     budget = args.vision_pretrain_minutes * 60
     t0, step, run = time.time(), 0, []
-    run_first = torch.zeros(len(order_names), 2)  # [right, total] per order
     log_f = open(Path(args.out) / "log.jsonl", "a") if acc.is_main_process else None
     while not any_process(acc, time.time() - t0 >= budget):
         for group in opt.param_groups:
@@ -404,20 +375,10 @@ def pretrain_vision(args, model, batcher, acc, log):
         scenes = [shapes.make_scene(s, size=args.image_size, n_objects=1 if first_half else None)
                   for s in seeds]
         target = torch.zeros(len(scenes), vocab)
-        first = torch.zeros(len(scenes), dtype=torch.long)
         for row, sc in enumerate(scenes):
-            ids = tok(sc.caption, add_special_tokens=False)["input_ids"]
-            target[row, ids] = 1.0
-            first[row] = next(i for i in ids if i in colour_ids)
-        order = torch.tensor([order_names.index(sc.order) for sc in scenes], device=acc.device)
-        logits, first_logits = net(pixel_values([sc.image for sc in scenes]).to(acc.device), order)
+            target[row, tok(sc.caption, add_special_tokens=False)["input_ids"]] = 1.0
+        logits = net(pixel_values([sc.image for sc in scenes]).to(acc.device))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.to(acc.device))
-        if first_logits is not None:
-            first_loss = torch.nn.functional.cross_entropy(first_logits, first.to(acc.device))
-            loss = loss + first_loss
-            hit = (first_logits.argmax(-1).cpu() == first).float()
-            run_first.index_put_((order.cpu(), torch.zeros_like(order.cpu())), hit, accumulate=True)
-            run_first[:, 1] += torch.bincount(order.cpu(), minlength=len(order_names))
         loss.backward()
         if acc.num_processes > 1:  # average gradients by hand: the tower gets DDP-wrapped later
             for param in net.parameters():
@@ -431,15 +392,11 @@ def pretrain_vision(args, model, batcher, acc, log):
         if step % args.log_every == 0:
             rec = {"stage": "vision", "step": step, "loss": round(float(np.mean(run)), 5),
                    "elapsed_min": round((time.time() - t0) / 60, 2)}
-            if run_first[:, 1].sum():
-                rec["first_colour_acc"] = {o: round((r / max(n, 1)).item(), 3)
-                                           for o, (r, n) in zip(order_names, run_first)}
             log(json.dumps(rec))
             if log_f:
                 log_f.write(json.dumps(rec) + "\n")
                 log_f.flush()
             run = []
-            run_first.zero_()
     log(f"vision pretraining: {step} steps in {(time.time() - t0) / 60:.1f} min")
     acc.wait_for_everyone()
 
