@@ -16,15 +16,15 @@ seed ``(s * world + p) * batch + i`` (always inside ``attendseg.shapes.TRAIN_SEE
 ``TUNE_SEEDS``), so a step-based run is a pure function of its options and resuming replays
 nothing (``--max-minutes`` makes the schedule depend on the machine's speed).
 
-Usage (the bundled model's run, 12 + 40 minutes on 2 cores)::
+Usage (the bundled model's run, 12 + 45 minutes on 2 cores)::
 
     ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py \
-        --out runs/shapes4 --steps 8000 --vision-pretrain-minutes 12 --max-minutes 40 \
+        --out runs/shapes5 --steps 8000 --vision-pretrain-minutes 12 --max-minutes 45 \
         --batch 32 --lr 1e-3 --warmup 200 --vision-hidden 64 --vision-layers 6 --text-hidden 64 \
-        --n-weights 2,1,1,1 --uniform-after 0.3
-    python scripts/train_shapes.py --out runs/shapes4 ... --resume        # continue stage 2
-    python scripts/train_shapes.py --out runs/shapes4 --eval-only --eval-seeds tune --n 300
-    python scripts/train_shapes.py --out runs/shapes4 --export attendseg/data/shapes-llava
+        --n-weights 2,1,1,1 --uniform-after 0.3 --vision-positions sincos
+    python scripts/train_shapes.py --out runs/shapes5 ... --resume        # continue stage 2
+    python scripts/train_shapes.py --out runs/shapes5 --eval-only --eval-seeds tune --n 300
+    python scripts/train_shapes.py --out runs/shapes5 --export attendseg/data/shapes-llava
 
 ``--out`` holds ``model/`` (a ``save_pretrained`` folder), ``state.pt`` (optimizer, scheduler,
 step — the resume point) and ``log.jsonl`` (loss per logging interval, evaluations).
@@ -71,7 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vision-positions", choices=("learned", "sincos"), default="learned",
                    help="CLIP position table: learned from random init, or a fixed 2-D sine-cosine "
-                        "table (never trained; gives the language model each patch's column and row)")
+                        "table (never trained; every patch token starts with its column and row)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500)
