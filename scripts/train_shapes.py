@@ -303,6 +303,18 @@ def make_accelerator():
     return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
+def jsonl_log(path: Path, is_main: bool):
+    """A function appending one JSON record per line to ``path`` (flushed; the main process only)."""
+    stream = open(path, "a") if is_main else None
+
+    def write(record: dict) -> None:
+        if stream:
+            stream.write(json.dumps(record) + "\n")
+            stream.flush()
+
+    return write
+
+
 def any_process(acc, flag: bool) -> bool:
     """``flag`` or'ed over the processes, so time-based stops happen at the same step everywhere
     (a process that stopped alone would leave the others waiting in an all-reduce)."""
@@ -365,7 +377,7 @@ def pretrain_vision(args, model, batcher, acc, log):
     net.train()
     budget = args.vision_pretrain_minutes * 60
     t0, step, run = time.time(), 0, []
-    log_f = open(Path(args.out) / "log.jsonl", "a") if acc.is_main_process else None
+    record = jsonl_log(Path(args.out) / "log.jsonl", acc.is_main_process)
     while not any_process(acc, time.time() - t0 >= budget):
         for group in opt.param_groups:
             group["lr"] = args.vision_pretrain_lr * min(1.0, (step + 1) / 100)
@@ -393,9 +405,7 @@ def pretrain_vision(args, model, batcher, acc, log):
             rec = {"stage": "vision", "step": step, "loss": round(float(np.mean(run)), 5),
                    "elapsed_min": round((time.time() - t0) / 60, 2)}
             log(json.dumps(rec))
-            if log_f:
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
+            record(rec)
             run = []
     log(f"vision pretraining: {step} steps in {(time.time() - t0) / 60:.1f} min")
     acc.wait_for_everyone()
@@ -466,9 +476,8 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
     if args.n_weights:
         n_weights = np.array([float(w) for w in args.n_weights.split(",")])
         n_weights = n_weights / n_weights.sum()
-    log_f = open(out / "log.jsonl", "a") if is_main else None
-    if log_f:
-        log_f.write(json.dumps({"start": step, "args": vars(args)}) + "\n")
+    record = jsonl_log(out / "log.jsonl", is_main)
+    record({"start": step, "args": vars(args)})
     word_kind = word_kinds(batcher.tok, acc.device)
     run_loss, run_n, t_log = 0.0, 0, time.time()
     run_ok = torch.zeros(2, 2)  # [shape, colour] x [right, total] on the training batches
@@ -483,9 +492,9 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
         else:
             scenes = [shapes.make_scene(s, size=args.image_size) for s in seeds]
         batch = {k: v.to(acc.device) for k, v in batcher(scenes).items()}
-        out_ = model(**batch)
-        loss = out_.loss
-        run_ok += word_accuracy(out_.logits.detach(), batch["labels"], word_kind)
+        output = model(**batch)
+        loss = output.loss
+        run_ok += word_accuracy(output.logits.detach(), batch["labels"], word_kind)
         acc.backward(loss)
         acc.clip_grad_norm_([p for _, p in trainable], 1.0)
         opt.step()
@@ -501,9 +510,7 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
                    "sec_per_step": round(dt / run_n, 3),
                    "elapsed_min": round((elapsed0 + time.time() - t_start) / 60, 2)}
             log(json.dumps(rec))
-            if log_f:
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
+            record(rec)
             run_loss, run_n, t_log = 0.0, 0, time.time()
             run_ok.zero_()
         if step % args.save_every == 0:
