@@ -215,6 +215,23 @@ class Attender:
         return self._run(images, prompt, text, rows, layers, heads, per_layer, per_head,
                          batch_size, progress, None)
 
+    def attend_texts(self, image, prompt: str, texts: Sequence[str], rows: str = "predicting", layers="all",
+                     heads="all", per_layer: bool = False, per_head: bool = False,
+                     batch_size: int | None = None) -> list[Trace]:
+        """Teacher-force several texts on one image: one :class:`Trace` per text, equal to
+        ``attend_text(image, prompt, text)`` for each.
+
+        Args:
+            image: one image; prompt: one prompt; texts: the answers to teacher-force.
+            batch_size: texts per model call (default: all at once).
+        """
+        texts = list(texts)
+        if not texts:
+            raise AttendsegError("no texts given")
+        pil = load_image(image)
+        return self.attend_text([pil] * len(texts), prompt, texts, rows=rows, layers=layers, heads=heads,
+                                per_layer=per_layer, per_head=per_head, batch_size=batch_size)
+
     # ----------------------------------------------------------------------------- engine
     def _run(self, images, prompt, text, rows, layers, heads, per_layer, per_head, batch_size,
              progress, generate_kwargs):
