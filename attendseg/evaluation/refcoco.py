@@ -43,7 +43,9 @@ BENCHMARK = "refcoco"
 DEFAULT_PROMPT = "Name one object in the image."
 DEFAULT_TEMPLATE = "{expression}"
 EXPRESSION_MAPS = ("root", "all")
-#: The default ``--expression-map``, chosen on the shapes-world export (RESULTS.md, "RefCOCO").
+#: The default ``--expression-map``, chosen on the shapes-world export's val split (300
+#: expressions, bundled model): root gIoU 0.753 / 0.764 vs all 0.686 / 0.728 with the template
+#: ``{expression}`` / ``from left to right, {expression}.`` (RESULTS.md, "Referring expressions").
 DEFAULT_EXPRESSION_MAP = "root"
 
 
