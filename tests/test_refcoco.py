@@ -189,6 +189,13 @@ def test_expression_tokens_root_and_all():
     words = VocabularyPhrases(["circle", "left"])
     assert [trace.tokens[i] for i in expression_tokens(trace, span, "root", words)] == ["circle"]
     assert [trace.tokens[i].strip() for i in expression_tokens(trace, span, "all", words)] == ["a", "red", "circle"]
+    # the expression is parsed on its own: spaCy finds no noun chunk in the whole template text
+    from attendseg.phrases import make_phrase_extractor
+
+    spacy = make_phrase_extractor("spacy")
+    assert [trace.tokens[i] for i in expression_tokens(trace, span, "root", spacy)] == ["circle"]
+    none = VocabularyPhrases(["dog"])  # no noun phrase: all the expression's tokens
+    assert expression_tokens(trace, span, "root", none) == expression_tokens(trace, span, "all", none)
     with pytest.raises(AttendsegError, match="exactly once"):
         expression_span("no slot", "x")
 

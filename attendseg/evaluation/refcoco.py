@@ -58,13 +58,20 @@ def expression_span(template: str, expression: str) -> tuple[str, tuple[int, int
 
 
 def expression_tokens(trace, span: tuple[int, int], mode: str, phrases) -> tuple[int, ...]:
-    """Token indices of the trace whose map stands for the expression at ``span`` (module doc)."""
+    """Token indices of the trace whose map stands for the expression at ``span`` (module doc).
+
+    ``"root"``: the root word of the first noun phrase ``phrases`` finds in the expression read
+    on its own (so the template around it cannot change its parse), mapped to the tokens that
+    overlap that word in the trace's text; all the expression's tokens when there is none.
+    """
     inside = tokens_overlapping(trace.offsets, span)
     if mode == "all":
         return inside
-    for phrase in phrases.extract(trace.text, trace.offsets):
-        if phrase.span[0] >= span[0] and phrase.span[1] <= span[1] and phrase.tokens:
-            return tuple(phrase.tokens)
+    for phrase in phrases.extract(trace.text[span[0]:span[1]], None):
+        root = (span[0] + phrase.root_span[0], span[0] + phrase.root_span[1])
+        tokens = tokens_overlapping(trace.offsets, root)
+        if tokens:
+            return tokens
     return inside
 
 
