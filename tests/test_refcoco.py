@@ -15,7 +15,7 @@ from attendseg.errors import AttendsegError
 from attendseg.evaluation import refer
 from attendseg.evaluation.records import SampleLog
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.mask")
 
 
 def ref(ref_id, ann_id, image_id, split, *sentences, sent_id=0):

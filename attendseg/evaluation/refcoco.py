@@ -213,6 +213,9 @@ def evaluate(expressions: list[Expression], model, records: str | Path, *, sourc
     from ..grounder import Grounder
 
     records = Path(records)
+    if expression_map not in EXPRESSION_MAPS:  # user mistakes fail before the model loads
+        raise AttendsegError(f"expression_map must be one of {EXPRESSION_MAPS}, got {expression_map!r}")
+    expression_span(template, "x")
     options = {"choice": sam_choice} if refiner == "sam" else {}
     grounder = Grounder.from_pretrained(model, refiner=refiner, sam_model=sam_model, phrases=phrases,
                                         device=device, dtype=dtype, refiner_options=options,
