@@ -109,6 +109,7 @@ def ground(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."),
     normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's, else mean)."),
     sinks: Optional[str] = typer.Option(None, "--sinks", help="none | corners | outliers."),
+    views: Optional[str] = typer.Option(None, "--views", help="fused | base | tiles: which views of a multi-view model (LLaVA-NeXT, …) make the map (default fused)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose JSON already exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -118,7 +119,8 @@ def ground(
 
     _quiet_transformers()
     out = _output_folder(out, paths)
-    settings = {k: v for k, v in dict(normalisation=normalisation, sinks=sinks).items() if v is not None}
+    settings = {k: v for k, v in dict(normalisation=normalisation, sinks=sinks, views=views).items()
+                if v is not None}
     try:
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
