@@ -272,6 +272,26 @@ def eval_shapes(
     typer.echo(json.dumps(results, indent=1) if json_out else format_table(results))
 
 
+@app.command()
+def models(json_out: bool = typer.Option(False, "--json", help="Print the families as JSON.")):
+    """List the supported model families: their model types, example hub ids and view layouts."""
+    import json
+
+    from attendseg.adapters import adapters
+
+    rows = [dict(family=cls.family, model_types=list(cls.model_types), model_class=cls.model_class,
+                 hub_ids=list(cls.hub_ids), layout=cls.layout) for cls in adapters()]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        typer.echo(f"{row['family']}  (model_type: {', '.join(row['model_types'])}; {row['model_class']})")
+        typer.echo(f"  views: {row['layout']}")
+        for hub_id in row["hub_ids"]:
+            typer.echo(f"  --model {hub_id}")
+    typer.echo("Any local folder of these architectures works too (--model ./folder).")
+
+
 def _parse_layers(spec: Optional[str]):
     from attendseg import AttendsegError
 
