@@ -142,13 +142,16 @@ def test_qwen3_deepstack_is_injected_and_capture_still_matches_eager(folders, tm
 
 
 # ----------------------------------------------------------------------------------- geometry
-def coordinate_image(width: int, height: int) -> Image.Image:
-    """Red = the pixel's column, green = its row (so sides ≤ 256)."""
+def coordinate_image(width: int, height: int) -> tuple[Image.Image, tuple[float, float]]:
+    """An image whose red channel codes the pixel's column and green its row, in steps of
+    ``(sx, sy)`` pixels per level (1 up to 256 px; coarser beyond, to fit 8 bits)."""
+    sx, sy = max(1.0, (width - 1) / 255), max(1.0, (height - 1) / 255)
     ys, xs = np.mgrid[0:height, 0:width]
-    return Image.fromarray(np.stack([xs, ys, np.full_like(xs, 128)], -1).astype(np.uint8))
+    codes = np.stack([np.round(xs / sx), np.round(ys / sy), np.full_like(xs, 128)], -1)
+    return Image.fromarray(codes.astype(np.uint8)), (sx, sy)
 
 
-def token_regions(attender, image):
+def token_regions(attender, image, steps=(1.0, 1.0)):
     """Per image token, the ``(x_min, x_max, y_min, y_max)`` original-pixel coordinates (pixel
     centres) read from the pixels the processor placed in its 2 × 2 patches, carried through the
     model's own code to the language model's input: the patch embedding is replaced by the
@@ -166,7 +169,7 @@ def token_regions(attender, image):
 
     def embed(module, args, out):
         pixels = (args[0].view(-1, 3, frames, patch, patch).float() * std + mean) * 255
-        x, y = pixels[:, 0, 0].flatten(1), pixels[:, 1, 0].flatten(1)
+        x, y = pixels[:, 0, 0].flatten(1) * steps[0], pixels[:, 1, 0].flatten(1) * steps[1]
         codes = torch.stack([x.amin(1), x.amax(1), y.amin(1), y.amax(1)], 1)
         return torch.nn.functional.pad(codes, (0, out.shape[1] - 4))
 
@@ -198,23 +201,49 @@ def token_regions(attender, image):
     return seen["embeds"][0, prepared.key_index[0], :4] + 0.5, prepared.views[0]  # index → pixel centre
 
 
+def check_cells(attender, width, height) -> tuple[float, float]:
+    """Assert that every token's cell contains, and is filled by, the pixels of its patches.
+    Returns (the largest overshoot of a token's pixels beyond its cell, the smallest share of a
+    cell's side its pixels span), in pixels and as a fraction."""
+    image, steps = coordinate_image(width, height)
+    regions, views = token_regions(attender, image, steps)
+    assert len(views) == 1 and views[0].box == (0, 0, width, height)
+    view = views[0]
+    assert regions.shape[0] == view.n_tokens
+    tolerance = max(steps) * 0.5 + 0.5  # the 8-bit code's step and the resampled uint8 rounding
+    spacing = max(view.cell_size) / (2 * attender.model.model.visual.patch_embed.patch_size)  # a resized pixel
+    overshoot, fill = 0.0, 1.0
+    for k, (x_min, x_max, y_min, y_max) in enumerate(regions.tolist()):
+        x0, y0, x1, y1 = view.cell_box(*divmod(k, view.grid[1]))
+        overshoot = max(overshoot, x0 - x_min, x_max - x1, y0 - y_min, y_max - y1)
+        fill = min(fill, (x_max - x_min) / (x1 - x0), (y_max - y_min) / (y1 - y0))
+        assert x0 - tolerance <= x_min and x_max <= x1 + tolerance, (k, x0, x1, x_min, x_max)
+        assert y0 - tolerance <= y_min and y_max <= y1 + tolerance, (k, y0, y1, y_min, y_max)
+        # and the pixels fill the cell (one resampled pixel short): the box is tight
+        assert x_max - x_min >= x1 - x0 - spacing - 2 * tolerance
+        assert y_max - y_min >= y1 - y0 - spacing - 2 * tolerance
+    return overshoot, fill
+
+
 # 3:1, 1:3, 4:3, 3:4, 1:1 downscaled (above max_pixels), 4:3 upscaled (below min_pixels)
 SIZES = [(240, 80), (80, 240), (200, 150), (150, 200), (256, 256), (40, 30)]
 
 
 @pytest.mark.parametrize("width, height", SIZES)
 def test_every_token_cell_contains_the_pixels_of_its_patches(attender, width, height):
-    regions, views = token_regions(attender, coordinate_image(width, height))
-    assert len(views) == 1 and views[0].box == (0, 0, width, height)
-    view = views[0]
-    assert regions.shape[0] == view.n_tokens
-    tolerance = 0.5  # uint8 rounding of the resampled coordinates
-    for k, (x_min, x_max, y_min, y_max) in enumerate(regions.tolist()):
-        x0, y0, x1, y1 = view.cell_box(*divmod(k, view.grid[1]))
-        assert x0 - tolerance <= x_min and x_max <= x1 + tolerance, (k, x0, x1, x_min, x_max)
-        assert y0 - tolerance <= y_min and y_max <= y1 + tolerance, (k, y0, y1, y_min, y_max)
-        # and the pixels fill the cell (one resampled pixel short at most): the box is tight
-        assert x_max - x_min >= 0.9 * (x1 - x0) and y_max - y_min >= 0.9 * (y1 - y0)
+    check_cells(attender, width, height)
+
+
+#: The released Qwen3-VL image processor's settings (16 px patches; 0.5 mean / std).
+QWEN3_RELEASED = dict(min_pixels=65536, max_pixels=16777216, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+@pytest.mark.parametrize("width, height", [(1024, 768), (768, 1024), (1600, 400)])
+def test_qwen3_views_at_the_released_processor_settings(tmp_path_factory, width, height):
+    folder = tmp_path_factory.getbasetemp() / "qwen3-released"
+    if not (folder / "config.json").exists():
+        build_qwen_vl(folder, WORDS, model_type="qwen3_vl", image_processor=QWEN3_RELEASED)
+    check_cells(attendseg.load(folder), width, height)
 
 
 # ----------------------------------------------------------------------------------- CLI
