@@ -311,14 +311,16 @@ def test_checkpoint_without_processor_files_is_one_line(folders, tmp_path):
     assert "could not load the processor" in one_line(error)
 
 
-def test_video_only_checkpoint_is_one_line(folders, tmp_path):
-    """A checkpoint whose processor has a video processor but no image processor."""
+@pytest.mark.parametrize("layout", ["nested", "files"])
+def test_video_only_checkpoint_is_one_line(folders, tmp_path, layout):
+    """A checkpoint whose processor has a video processor but no image processor: settings nested
+    in processor_config.json (transformers 5) or in video_preprocessor_config.json (older)."""
     folder = shutil.copytree(folders["qwen3_vl"], tmp_path / "video")
     config = json.loads((folder / "processor_config.json").read_text())
-    video = config.pop("image_processor")
-    video["video_processor_type"] = video.pop("image_processor_type").replace("Image", "Video")
+    del config["image_processor"]
+    if layout == "files":
+        (folder / "video_preprocessor_config.json").write_text(json.dumps(config.pop("video_processor")))
     (folder / "processor_config.json").write_text(json.dumps(config))
-    (folder / "video_preprocessor_config.json").write_text(json.dumps(video))
     with pytest.raises(attendseg.AttendsegError) as error:
         attendseg.load(folder)
     assert "video processor but no image processor" in one_line(error)

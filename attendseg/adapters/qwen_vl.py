@@ -95,36 +95,28 @@ class QwenVLAdapter(Adapter):
 
 
 def video_only(path: str) -> None:
-    """Refuse a checkpoint that ships a video processor but no image processor: attendseg grounds
-    images, and without ``preprocessor_config.json`` the model's images cannot be prepared."""
-    from transformers.utils import cached_file
-
-    def has(filename):
-        try:
-            return cached_file(path, filename, _raise_exceptions_for_missing_entries=False) is not None
-        except OSError:
-            return False
-
-    if has("video_preprocessor_config.json") and not (has("preprocessor_config.json")
-                                                      or image_processor_in(path)):
-        raise AttendsegError(f"{path} has a video processor but no image processor: attendseg grounds "
-                             f"images; use the image-capable checkpoint (with preprocessor_config.json)")
-
-
-def image_processor_in(path: str) -> bool:
-    """Whether the checkpoint's ``processor_config.json`` holds the image processor's settings."""
+    """Refuse a checkpoint whose processor has a video processor but no image processor
+    (``video_preprocessor_config.json`` or a nested ``video_processor`` entry, and neither
+    ``preprocessor_config.json`` nor a nested ``image_processor``): attendseg grounds images."""
     import json
 
     from transformers.utils import cached_file
 
-    try:
-        found = cached_file(path, "processor_config.json", _raise_exceptions_for_missing_entries=False)
-    except OSError:
-        return False
-    if found is None:
-        return False
-    with open(found) as f:
-        return "image_processor" in json.load(f)
+    def find(filename):
+        try:
+            return cached_file(path, filename, _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            return None
+
+    nested = {}
+    if found := find("processor_config.json"):
+        with open(found) as f:
+            nested = json.load(f)
+    video = "video_processor" in nested or find("video_preprocessor_config.json")
+    image = "image_processor" in nested or find("preprocessor_config.json")
+    if video and not image:
+        raise AttendsegError(f"{path} has a video processor but no image processor: attendseg grounds "
+                             f"images; use the image-capable checkpoint (with preprocessor_config.json)")
 
 
 @register_adapter

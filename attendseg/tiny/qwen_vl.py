@@ -160,4 +160,21 @@ def build_qwen_vl(
     processor = without_video(getattr(transformers, processor_name))(
         image_processor=images, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     processor.save_pretrained(folder)
+    _add_video_processor(folder, model_type, images)
     return folder
+
+
+def _add_video_processor(folder: Path, model_type: str, images) -> None:
+    """Record the video processor's settings in ``processor_config.json`` as released checkpoints
+    carry them, so that ``AutoProcessor`` (which builds the video processor where torchvision is
+    installed) loads the folder too; it cannot be built here without torchvision."""
+    import json
+
+    path = folder / "processor_config.json"
+    config = json.loads(path.read_text())
+    config["video_processor"] = {
+        "video_processor_type": "Qwen3VLVideoProcessor" if model_type == "qwen3_vl" else "Qwen2VLVideoProcessor",
+        "patch_size": images.patch_size, "temporal_patch_size": images.temporal_patch_size,
+        "merge_size": images.merge_size, "image_mean": list(images.image_mean), "image_std": list(images.image_std),
+    }
+    path.write_text(json.dumps(config, indent=2) + "\n")
