@@ -80,6 +80,19 @@ def test_generation_matches_eager_output_attentions(attender, eager):
         assert torch.equal(trace.token_ids, generated)
 
 
+def test_generated_tokens_identical_to_plain_sdpa(attender):
+    plain = getattr(transformers, attender.adapter.model_class).from_pretrained(
+        attender.model_id, attn_implementation="sdpa").eval()
+    prepared = attender.adapter.prepare(photos(), PROMPTS)
+    with torch.no_grad():
+        expected = plain.generate(**prepared.inputs, max_new_tokens=10, do_sample=False,
+                                  pad_token_id=attender.adapter.tokenizer.pad_token_id,
+                                  **attender.adapter.generation_defaults())
+    start = prepared.inputs["input_ids"].shape[1]
+    for b, trace in enumerate(attender.attend(photos(), PROMPTS, max_new_tokens=10)):
+        assert torch.equal(trace.token_ids, expected[b, start:start + len(trace)])
+
+
 @pytest.mark.parametrize("rows, shift", [("predicting", 1), ("own", 0)])
 def test_teacher_forcing_matches_eager(attender, eager, rows, shift):
     images = photos()
