@@ -22,9 +22,15 @@ Overrides (keyword names) for a benchmark model with the real image-token count:
 * LLaVA-NeXT only: ``strategy`` (``"default"`` with a CLIP tower, ``"full"`` with a SigLIP
   tower, which has no CLS token).
 
+Defaults: ``patch=8``, ``vision_hidden=32``, ``vision_layers=2``, ``vision_heads=2``,
+``text_hidden=64``, ``text_layers=2``, ``text_heads=4``, ``kv_heads=2``, MLP ``4 × text_hidden``;
+``tile=48`` and ``text_model="mistral"`` (NeXT), ``tile=24`` and ``"qwen2"`` (OneVision).
+
 E.g. LLaVA-NeXT's real token count for a 1024 × 768 photo (2 340 image tokens: 576 base +
-36 × 48 unpadded + 36 newlines): ``build_llava_next(folder, words, tile=336, patch=14,
-pinpoints=REAL_NEXT_PINPOINTS, text_hidden=1024, text_layers=8, text_heads=16, kv_heads=4)``.
+36 × 48 unpadded + 36 newlines; the pinpoints default to the real ones at ``tile=336``):
+``build_llava_next(folder, words, tile=336, patch=14, text_hidden=1024, text_layers=8,
+text_heads=16, kv_heads=4)``. LLaVA-OneVision's (4 725 tokens for 1024 × 768):
+``build_llava_onevision(folder, words, tile=384, patch=14, text_hidden=…)``.
 """
 
 from __future__ import annotations
@@ -70,17 +76,68 @@ def _scaled(pinpoints, real_tile: int, tile: int) -> list[list[int]]:
     return [[h // real_tile * tile, w // real_tile * tile] for h, w in pinpoints]
 
 
-def _tokenizer(words, specials, template):
+def build_llava_next(folder: str | Path, words: Sequence[str], seed: int = 0, **overrides) -> Path:
+    """Write a random-weight ``LlavaNextForConditionalGeneration`` checkpoint folder.
+
+    Config, weights, tokenizer (with ``[INST]``/``[/INST]``), ``LlavaNextImageProcessorPil``
+    (tiles of ``tile`` px on the best-fit pinpoint, base image squashed to ``tile × tile``) and
+    ``LlavaNextProcessor`` with its chat template. Defaults: 48-px tiles, 8-px patches (6 × 6
+    tokens per tile and for the base), the real pinpoint shapes, CLIP tower with ``"default"``
+    strategy, Mistral text model (64 wide, 2 layers, 4 heads, 2 kv heads). ``overrides``: the
+    keyword names of the module docstring (``strategy="full"`` gives a SigLIP tower).
+
+    Returns:
+        The folder path.
+    """
+    return _build("llava_next", folder, words, seed, **{**dict(tile=48, text_model="mistral"), **overrides})
+
+
+def build_llava_onevision(folder: str | Path, words: Sequence[str], seed: int = 0, **overrides) -> Path:
+    """Write a random-weight ``LlavaOnevisionForConditionalGeneration`` checkpoint folder.
+
+    SigLIP tower (``"full"`` strategy), ``anyres_max_9``, ``LlavaOnevisionImageProcessorPil``
+    (base image squashed to ``tile × tile``, tiles of ``tile`` px), and ``LlavaOnevisionProcessor``
+    saved without its video processor (it needs torchvision; images never use it). Defaults:
+    24-px tiles, 8-px patches (3 × 3 per tile), every 1…6 × 1…6 tile arrangement like the real
+    checkpoints, Qwen2 text model (64 wide, 2 layers, 4 heads, 2 kv heads). ``overrides``: the
+    keyword names of the module docstring, but not ``strategy``; e.g. the real 384-px layout:
+    ``tile=384, patch=14, pinpoints=REAL_ONEVISION_PINPOINTS``.
+    """
+    if "strategy" in overrides:
+        raise TypeError("LLaVA-OneVision's SigLIP tower has no CLS token: its strategy is 'full'")
+    return _build("llava_onevision", folder, words, seed,
+                  **{**dict(tile=24, text_model="qwen2", strategy="full"), **overrides})
+
+
+def _build(family, folder, words, seed, *, tile, text_model, patch=8, pinpoints=None, strategy="default",
+           vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=64, text_layers=2, text_heads=4,
+           kv_heads=2, intermediate=None) -> Path:
+    import transformers
+    from transformers import AutoConfig, CLIPVisionConfig, SiglipVisionConfig
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    from ..adapters import without_video
+
+    if strategy not in ("default", "full"):
+        raise ValueError(f"strategy must be 'default' or 'full', not {strategy!r}")
+    next_ = family == "llava_next"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    real, real_tile = (REAL_NEXT_PINPOINTS, 336) if next_ else (REAL_ONEVISION_PINPOINTS, 384)
+    pinpoints = [list(p) for p in pinpoints] if pinpoints else _scaled(real, real_tile, tile)
+    template = NEXT_CHAT_TEMPLATE if next_ else ONEVISION_CHAT_TEMPLATE
     tokenizer = word_tokenizer(words)
-    tokenizer.add_tokens(list(specials), special_tokens=True)
+    tokenizer.add_tokens(["[INST]", "[/INST]"] if next_ else ["<|im_start|>", "<|im_end|>", "<video>"],
+                         special_tokens=True)
     tokenizer.chat_template = template
-    return tokenizer
-
-
-def _text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv_heads, intermediate, positions):
-    from transformers import AutoConfig
-
-    return AutoConfig.for_model(
+    grid = tile // patch
+    most = max(h * w for h, w in pinpoints) // patch**2  # cells of the largest canvas
+    vision = dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 4, num_hidden_layers=vision_layers,
+                  num_attention_heads=vision_heads, image_size=tile, patch_size=patch)
+    text = AutoConfig.for_model(
         text_model,
         vocab_size=len(tokenizer),
         hidden_size=text_hidden,
@@ -88,173 +145,47 @@ def _text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv
         num_hidden_layers=text_layers,
         num_attention_heads=text_heads,
         num_key_value_heads=kv_heads or text_heads,
-        max_position_embeddings=max(1024, positions),
+        max_position_embeddings=max(1024, grid * grid + 2 * most + 256),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-
-
-def _vision_config(kind, tile, patch, hidden, layers, heads):
-    from transformers import CLIPVisionConfig, SiglipVisionConfig
-
-    common = dict(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
-                  num_attention_heads=heads, image_size=tile, patch_size=patch)
-    if kind == "clip":
-        return CLIPVisionConfig(projection_dim=hidden, **common)
-    return SiglipVisionConfig(vision_use_head=False, **common)
-
-
-def _save(model_class, config, tokenizer, seed, folder):
+    common = dict(
+        vision_config=CLIPVisionConfig(projection_dim=vision_hidden, **vision) if strategy == "default"
+        else SiglipVisionConfig(vision_use_head=False, **vision),
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy=strategy,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if next_:
+        config = transformers.LlavaNextConfig(image_seq_length=grid * grid, vision_feature_layer=-2, **common)
+    else:
+        config = transformers.LlavaOnevisionConfig(video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+                                                   vision_feature_layer=-1, vision_aspect_ratio="anyres_max_9",
+                                                   **common)
     torch.manual_seed(seed)
+    model_class = (transformers.LlavaNextForConditionalGeneration if next_
+                   else transformers.LlavaOnevisionForConditionalGeneration)
     model = model_class(config).eval()
     for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
     model.save_pretrained(folder)
-
-
-def build_llava_next(
-    folder: str | Path,
-    words: Sequence[str],
-    seed: int = 0,
-    *,
-    tile: int = 48,
-    patch: int = 8,
-    pinpoints: Sequence[Sequence[int]] | None = None,
-    strategy: str = "default",
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_model: str = "mistral",
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    kv_heads: int | None = 2,
-    intermediate: int | None = None,
-) -> Path:
-    """Write a random-weight ``LlavaNextForConditionalGeneration`` checkpoint folder.
-
-    Args:
-        folder: where to write (created): config, weights, tokenizer, image processor
-            (``LlavaNextImageProcessorPil``: tiles of ``tile`` px on the best-fit pinpoint, base
-            image squashed to ``tile × tile``) and ``LlavaNextProcessor`` with its chat template.
-        words: the text vocabulary (besides specials and punctuation).
-        tile, patch: the vision input side (= tile side) and patch: ``(tile // patch)²`` tokens
-            per tile and for the base image.
-        pinpoints: ``[[h, w], …]`` px arrangements; default the real ones scaled to ``tile``.
-        strategy: ``"default"`` (CLIP tower, CLS dropped) or ``"full"`` (SigLIP tower, no CLS).
-        others: see the module docstring.
-
-    Returns:
-        The folder path.
-    """
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    if strategy not in ("default", "full"):
-        raise ValueError(f"strategy must be 'default' or 'full', not {strategy!r}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    pinpoints = [list(p) for p in pinpoints] if pinpoints else _scaled(REAL_NEXT_PINPOINTS, 336, tile)
-    tokenizer = _tokenizer(words, ("[INST]", "[/INST]"), NEXT_CHAT_TEMPLATE)
-    grid = tile // patch
-    most = max(h * w for h, w in pinpoints) // patch ** 2
-    config = LlavaNextConfig(
-        vision_config=_vision_config("clip" if strategy == "default" else "siglip", tile, patch,
-                                     vision_hidden, vision_layers, vision_heads),
-        text_config=_text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv_heads,
-                                 intermediate, grid * grid + 2 * most + 256),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=grid * grid,
-        image_grid_pinpoints=pinpoints,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy=strategy,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    _save(LlavaNextForConditionalGeneration, config, tokenizer, seed, folder)
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": tile},
-        crop_size={"height": tile, "width": tile},
-        image_grid_pinpoints=pinpoints,
-    )
-    LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch,
-        vision_feature_select_strategy=strategy,
-        chat_template=NEXT_CHAT_TEMPLATE,
-        num_additional_image_tokens=1 if strategy == "default" else 0,
-    ).save_pretrained(folder)
-    return folder
-
-
-def build_llava_onevision(
-    folder: str | Path,
-    words: Sequence[str],
-    seed: int = 0,
-    *,
-    tile: int = 24,
-    patch: int = 8,
-    pinpoints: Sequence[Sequence[int]] | None = None,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_model: str = "qwen2",
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    kv_heads: int | None = 2,
-    intermediate: int | None = None,
-) -> Path:
-    """Write a random-weight ``LlavaOnevisionForConditionalGeneration`` checkpoint folder.
-
-    SigLIP tower (``"full"`` strategy), ``anyres_max_9``, ``LlavaOnevisionImageProcessorPil``
-    (base image squashed to ``tile × tile``, tiles of ``tile`` px), and ``LlavaOnevisionProcessor``
-    saved without its video processor (it needs torchvision; images never use it). Default
-    pinpoints: every 1…6 × 1…6 tile arrangement, like the real checkpoints. Keyword names as
-    :func:`build_llava_next` (no ``strategy``). E.g. the real 384-px layout:
-    ``tile=384, patch=14, pinpoints=REAL_ONEVISION_PINPOINTS``.
-    """
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionProcessor,
-    )
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
-
-    from ..adapters import without_video
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    pinpoints = [list(p) for p in pinpoints] if pinpoints else _scaled(REAL_ONEVISION_PINPOINTS, 384, tile)
-    tokenizer = _tokenizer(words, ("<|im_start|>", "<|im_end|>", "<video>"), ONEVISION_CHAT_TEMPLATE)
-    grid = tile // patch
-    config = LlavaOnevisionConfig(
-        vision_config=_vision_config("siglip", tile, patch, vision_hidden, vision_layers, vision_heads),
-        text_config=_text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv_heads,
-                                 intermediate, 2 * 10 * grid * grid + 256),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        image_grid_pinpoints=pinpoints,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_9",
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    _save(LlavaOnevisionForConditionalGeneration, config, tokenizer, seed, folder)
-    image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": tile, "width": tile},
-        image_grid_pinpoints=pinpoints,
-    )
-    without_video(LlavaOnevisionProcessor)(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        num_image_tokens=grid * grid,
-        vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_9",
-        chat_template=ONEVISION_CHAT_TEMPLATE,
-    ).save_pretrained(folder)
+    if next_:
+        transformers.LlavaNextProcessor(
+            image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": tile},
+                                                       crop_size={"height": tile, "width": tile},
+                                                       image_grid_pinpoints=pinpoints),
+            tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy=strategy, chat_template=template,
+            num_additional_image_tokens=1 if strategy == "default" else 0,
+        ).save_pretrained(folder)
+    else:
+        without_video(transformers.LlavaOnevisionProcessor)(
+            image_processor=LlavaOnevisionImageProcessorPil(size={"height": tile, "width": tile},
+                                                            image_grid_pinpoints=pinpoints),
+            tokenizer=tokenizer, num_image_tokens=grid * grid, vision_feature_select_strategy=strategy,
+            vision_aspect_ratio="anyres_max_9", chat_template=template,
+        ).save_pretrained(folder)
     return folder
