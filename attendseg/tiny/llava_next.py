@@ -40,7 +40,7 @@ from typing import Sequence
 
 import torch
 
-from . import word_tokenizer
+from . import text_config, word_tokenizer
 
 #: llava-hf/llava-v1.6-*: (height, width) in px of the tile arrangements, 336-px tiles.
 REAL_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
@@ -113,7 +113,7 @@ def _build(family, folder, words, seed, *, tile, text_model, patch=8, pinpoints=
            vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=64, text_layers=2, text_heads=4,
            kv_heads=2, intermediate=None) -> Path:
     import transformers
-    from transformers import AutoConfig, CLIPVisionConfig, SiglipVisionConfig
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
@@ -137,20 +137,8 @@ def _build(family, folder, words, seed, *, tile, text_model, patch=8, pinpoints=
     most = max(h * w for h, w in pinpoints) // patch**2  # cells of the largest canvas
     vision = dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 4, num_hidden_layers=vision_layers,
                   num_attention_heads=vision_heads, image_size=tile, patch_size=patch)
-    text = AutoConfig.for_model(
-        text_model,
-        vocab_size=len(tokenizer),
-        hidden_size=text_hidden,
-        intermediate_size=intermediate or text_hidden * 4,
-        num_hidden_layers=text_layers,
-        num_attention_heads=text_heads,
-        num_key_value_heads=kv_heads or text_heads,
-        max_position_embeddings=max(1024, grid * grid + 2 * most + 256),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
+    text = text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv_heads, intermediate,
+                       positions=max(1024, grid * grid + 2 * most + 256))
     common = dict(
         vision_config=CLIPVisionConfig(projection_dim=vision_hidden, **vision) if strategy == "default"
         else SiglipVisionConfig(vision_use_head=False, **vision),
