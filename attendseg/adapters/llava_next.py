@@ -42,7 +42,7 @@ def tile_side(image_processor) -> int:
     return int(crop.get("height") or size.get("height") or size.get("shortest_edge"))
 
 
-def anyres_canvas(image_processor, height: int, width: int, pinpoints) -> tuple:
+def anyres_canvas(height: int, width: int, pinpoints) -> tuple:
     """Where the processor puts an ``height × width`` image on its best-fit canvas.
 
     Returns:
@@ -56,8 +56,8 @@ def anyres_canvas(image_processor, height: int, width: int, pinpoints) -> tuple:
     best = tuple(int(v) for v in select_best_resolution((height, width), [list(p) for p in pinpoints]))
     shape_only = np.broadcast_to(np.zeros((1, 1, 1), dtype=np.uint8), (1, height, width))
     resized = tuple(int(v) for v in get_patch_output_size(shape_only, best, input_data_format=ChannelDimension.FIRST))
-    (top, _), (left, _) = image_processor._get_padding_size(resized, best)
-    return best, resized, (int(top), int(left))
+    # the processor pastes it centred, the odd pixel after (both backends' _get_padding_size)
+    return best, resized, ((best[0] - resized[0]) // 2, (best[1] - resized[1]) // 2)
 
 
 def unpadded_cells(grid: tuple[int, int], height: int, width: int) -> tuple[int, int, int, int]:
@@ -106,8 +106,7 @@ class LlavaNextAdapter(Adapter):
             raise AttendsegError(f"the image processor cuts {tile_side(self.processor.image_processor)}-px tiles into "
                                  f"{pixels.shape[-1]}-px inputs but the vision tower takes {tile} px: unsupported "
                                  f"image processor settings for the {self.family} adapter")
-        best, resized, (top, left) = anyres_canvas(self.processor.image_processor, height, width,
-                                                   config.image_grid_pinpoints)
+        best, resized, (top, left) = anyres_canvas(height, width, config.image_grid_pinpoints)
         tiles = (best[0] // tile, best[1] // tile)
         sent = int(pixels.flatten(1).ne(0).any(1).nonzero().max()) + 1
         if sent != 1 + tiles[0] * tiles[1]:
