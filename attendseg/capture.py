@@ -91,12 +91,14 @@ class Recorder:
         self._head_index: torch.Tensor | None = None
         self._index: torch.Tensor | None = None
         self._valid: torch.Tensor | None = None
+        self._gather: dict = {}  # probs' (B, H, r) → the gather index expanded to it (a view)
 
     def wants(self, layer_idx: int | None) -> bool:
         return layer_idx in self._slot
 
-    def record(self, module, query, key, attention_mask, scaling, softcap=None) -> None:
-        """Recompute the recorded rows of one layer's attention and store their image columns."""
+    def record(self, module, query, key, attention_mask, scaling, softcap=None) -> torch.Tensor:
+        """Compute the recorded rows of one layer's attention, store their image columns, and
+        return their ``[B, H, r, kv]`` float32 probabilities over all keys."""
         q_len, kv_len = query.shape[2], key.shape[2]
         slot = self._slot[module.layer_idx]
         if slot == 0:  # the first recorded layer opens a new forward call
@@ -116,13 +118,17 @@ class Recorder:
         if self._index is None or self._index.device != probs.device:
             self._index = self.key_index.to(probs.device)
             self._valid = None if self.key_valid is None else self.key_valid.to(probs.device)
+            self._gather = {}
         dropped = max(self._seq_len - kv_len, 0)  # keys a sliding-window cache no longer holds
         if dropped:
             index = self._index - dropped
             valid = index >= 0 if self._valid is None else (index >= 0) & self._valid
             image = probs.gather(-1, _expand(index.clamp(min=0), probs)) * valid[:, None, None, :]
         else:
-            image = probs.gather(-1, _expand(self._index, probs))  # [B, H, r, N]
+            gather = self._gather.get(probs.shape[:3])
+            if gather is None:
+                gather = self._gather[probs.shape[:3]] = _expand(self._index, probs)
+            image = probs.gather(-1, gather)  # [B, H, r, N]
             if self._valid is not None:
                 image = image * self._valid[:, None, None, :]
         if self.heads is not None:
@@ -137,6 +143,7 @@ class Recorder:
             self._current[:, :, slot] = image
         else:
             self._current[:, :, 0] += image
+        return probs
 
     def _flush(self) -> None:
         if self._current is not None:
@@ -230,15 +237,45 @@ def row_probabilities(
     return torch.softmax(logits, dim=-1)
 
 
+def attention_output(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The attention output from probabilities, as eager attention computes it.
+
+    Args:
+        probs: ``[B, H, q, kv]`` float32 probabilities; value: ``[B, H_kv, kv, D]`` (before
+            ``repeat_kv``; head h reads kv head ``h // (H / H_kv)``).
+
+    Returns:
+        ``[B, q, H, D]`` in ``value``'s dtype: ``probs`` cast to that dtype, times the values
+        (eager's order of operations), laid out as attention functions return it.
+    """
+    batch, heads, q_len, kv_len = probs.shape
+    kv_heads = value.shape[1]
+    grouped = probs.to(value.dtype).reshape(batch, kv_heads, (heads // kv_heads) * q_len, kv_len)
+    out = torch.matmul(grouped, value)  # [B, H_kv, groups · q, D]
+    return out.view(batch, heads, q_len, -1).transpose(1, 2).contiguous()
+
+
 def capturing(wrapped: Callable) -> Callable:
-    """An ``AttentionInterface`` function that returns ``wrapped``'s output, and records the
-    active Recorder's rows (if any) for the layers it wants."""
+    """An ``AttentionInterface`` function: ``wrapped``'s output, plus recording when a Recorder
+    is active.
+
+    When every query row of the call is recorded (each decode step of generation), the
+    probabilities are computed once, in float32, and serve both the record and the layer's output
+    (:func:`attention_output`, eager's math); otherwise (prefill, teacher forcing) the output
+    comes from ``wrapped`` and only the recorded rows are recomputed. Arguments that change the
+    math beyond q, k, v, mask, scaling and soft-capping (``position_bias``, attention-sink
+    logits ``s_aux`` / ``sinks``) also leave the output to ``wrapped``.
+    """
 
     def capture_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                                   **kwargs):
         recorder = _ACTIVE.get()
         if recorder is not None and recorder.wants(getattr(module, "layer_idx", None)):
-            recorder.record(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
+            probs = recorder.record(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
+            if (probs.shape[2] == query.shape[2] and (dropout == 0.0 or not module.training)
+                    and kwargs.get("position_bias") is None and kwargs.get("s_aux") is None
+                    and kwargs.get("sinks") is None):
+                return attention_output(probs, value), None
         return wrapped(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
     return capture_attention_forward

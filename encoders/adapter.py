@@ -25,8 +25,9 @@ class DiffLMMAdapter(LlavaAdapter):
     family = "difflmm"
     model_types = ("difflmm", "llava_llama")
     model_class = "DiffLMMForConditionalGeneration"
-    hub_ids = ("Shengcao1006/difflmm-llava-v1.5-7b-lora (+ --base lmsys/vicuna-7b-v1.5)",)
-    layout = "one square grid (24 × 24 at 384 px, SD-1.5 UNet up-block features), pad-to-square"
+    hub_ids = ("Shengcao1006/difflmm-llava-v1.5-7b-lora",)
+    layout = ("one square grid (24 × 24 at 384 px, SD-1.5 UNet up-block features), pad-to-square; "
+              "the released LoRA needs --base lmsys/vicuna-7b-v1.5")
 
     @classmethod
     def load(cls, path, dtype, device, **options):

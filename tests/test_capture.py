@@ -167,3 +167,66 @@ def test_generate_options_capture_cannot_follow_are_refused(attender):
         attender.attend(images()[0], PROMPTS[0], prompt_lookup_num_tokens=3)
     with pytest.raises(attendseg.AttendsegError, match="return_dict_in_generate"):
         attender.attend(images()[0], PROMPTS[0], return_dict_in_generate=True)
+
+
+def test_decode_steps_use_the_recorded_probabilities_and_keep_plain_sdpa_logits(checkpoint, monkeypatch):
+    """Each decode step computes attention once (the record's fp32 probabilities give the output);
+    logits stay as close to plain sdpa as eager attention is, and the tokens are the same."""
+    from attendseg import capture
+
+    captured = attendseg.load(checkpoint)
+    prepared = captured.adapter.prepare(images(), PROMPTS)
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, output_logits=True,
+                  return_dict_in_generate=True, pad_token_id=captured.adapter.tokenizer.pad_token_id)
+    calls, real = [], capture.attention_output
+
+    def spy(probs, value):
+        calls.append(probs.shape)
+        output = real(probs, value)
+        assert torch.allclose(output, _eager_output(probs, value), atol=1e-6)
+        return output
+
+    monkeypatch.setattr(capture, "attention_output", spy)
+    recorder = capture.Recorder(prepared.key_index, range(captured.n_layers))
+    with torch.no_grad(), capture.recording(recorder):
+        out = captured.model.generate(**prepared.inputs, **kwargs)
+    assert len(calls) == 7 * captured.n_layers and all(shape[2] == 1 for shape in calls)  # decode steps only
+    outputs = {}
+    for implementation in ("sdpa", "eager"):
+        model = LlavaForConditionalGeneration.from_pretrained(checkpoint, attn_implementation=implementation).eval()
+        with torch.no_grad():
+            outputs[implementation] = model.generate(**prepared.inputs, **kwargs)
+    assert torch.equal(out.sequences, outputs["sdpa"].sequences)
+    for ours, sdpa, eager in zip(out.logits, outputs["sdpa"].logits, outputs["eager"].logits):
+        assert (ours - sdpa).abs().max() <= max(2 * (eager - sdpa).abs().max(), 1e-5)
+
+
+def _eager_output(probs, value):
+    """Eager attention's output, written out: probabilities in value's dtype × repeated values."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    values = repeat_kv(value, probs.shape[1] // value.shape[1])
+    return torch.matmul(probs.to(value.dtype), values).transpose(1, 2).contiguous()
+
+
+def test_rows_with_different_image_token_counts_record_what_each_row_alone_records():
+    """Ragged key positions (a padded index + validity) give each row exactly its own columns."""
+    from types import SimpleNamespace
+
+    from attendseg import capture
+
+    torch.manual_seed(0)
+    query, key = torch.randn(2, 4, 20, 8), torch.randn(2, 2, 20, 8)  # GQA: 4 heads on 2 kv heads
+    keys = [torch.tensor([2, 3, 4, 5, 6, 7]), torch.tensor([9, 10, 11])]
+    layer = SimpleNamespace(layer_idx=0)
+    ragged = capture.Recorder(keys, layers=[0], per_head=True, n_rows=3)
+    ragged.record(layer, query, key, None, None)
+    assert ragged.n_keys == [6, 3]
+    maps = ragged.maps()
+    assert maps.shape == (2, 3, 1, 4, 6) and (maps[1, ..., 3:] == 0).all()
+    for b in range(2):
+        alone = capture.Recorder([keys[b]], layers=[0], per_head=True, n_rows=3)
+        alone.record(layer, query[b:b + 1], key[b:b + 1], None, None)
+        assert torch.equal(alone.maps()[0], maps[b, ..., : len(keys[b])])
+        probs = capture.row_probabilities(query[b:b + 1], key[b:b + 1], None, None, slice(17, 20))
+        assert torch.allclose(alone.maps()[0, :, 0], probs[0][:, :, keys[b]].transpose(0, 1))
