@@ -43,6 +43,22 @@ def test_prefix_reuse_equals_recomputation_gqa_pad_to_square(tiny_llava_gqa_pad)
     check_equal(attender, photo(20, 60, 2), "describe the image", TEXTS, per_layer=True, per_head=True, batch_size=2)
 
 
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "qwen2_5_vl"])
+def test_prefix_reuse_any_resolution_families(family, tmp_path):
+    """Tiles + base image (LLaVA-NeXT, OneVision) reuse the prefix; Qwen-VL (M-RoPE positions)
+    says shared_prefix = False and recomputes: equal either way."""
+    from attendseg.tiny.llava_next import build_llava_next, build_llava_onevision
+    from attendseg.tiny.qwen_vl import build_qwen_vl
+    from conftest import WORDS
+
+    build = {"llava_next": lambda: build_llava_next(tmp_path, WORDS, seed=0),
+             "llava_onevision": lambda: build_llava_onevision(tmp_path, WORDS, seed=2),
+             "qwen2_5_vl": lambda: build_qwen_vl(tmp_path, WORDS, model_type="qwen2_5_vl", seed=0)}[family]
+    attender = attendseg.load(build())
+    assert attender.adapter.shared_prefix == (family != "qwen2_5_vl")
+    check_equal(attender, photo(40, 70), "describe the image", TEXTS[:3], per_layer=True, batch_size=2)
+
+
 def test_prefix_reuse_equals_recomputation_difflmm(tmp_path):
     from attendseg import capture
     from attendseg.attender import Attender

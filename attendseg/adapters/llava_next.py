@@ -72,6 +72,7 @@ def unpadded_cells(grid: tuple[int, int], height: int, width: int) -> tuple[int,
 
 @register_adapter
 class LlavaNextAdapter(Adapter):
+    shared_prefix = True
     family = "llava_next"
     model_types = ("llava_next",)
     model_class = "LlavaNextForConditionalGeneration"
