@@ -225,8 +225,8 @@ class Attender:
         batch of texts then runs from a copy of that cache: one row per text, ``[last prompt
         token, text tokens]``, left-padded within the batch, with position ids continuing the
         prefix's. The traces equal ``attend_text(image, prompt, text)`` per text (to float
-        rounding). Families whose adapter says ``shared_prefix = False`` (multimodal rotary
-        positions) recompute image + prompt per text instead.
+        rounding). Families whose adapter says ``shared_prefix = False`` recompute image + prompt
+        per text instead.
 
         Args:
             image: one image; prompt: one prompt; texts: the answers to teacher-force.
@@ -291,6 +291,7 @@ class Attender:
         width = max(lengths)
         batch = len(texts)
         pad = self.adapter.tokenizer.pad_token_id
+        offset = self.adapter.text_position_offset()
         chunk_ids = torch.full((batch, 1 + width), pad, dtype=torch.long)
         mask = torch.zeros((batch, past + 1 + width), dtype=torch.long)
         mask[:, :past] = 1
@@ -299,7 +300,7 @@ class Attender:
             start = width - lengths[b]
             chunk_ids[b, start:] = torch.cat([ids[0, -1:].cpu(), text_ids])
             mask[b, past + start:] = 1
-            positions[b, start:] = torch.arange(past, past + 1 + lengths[b])
+            positions[b, start:] = torch.arange(past, past + 1 + lengths[b]) + offset
         layers_kv = [(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
                      for layer in cache.layers]
         chunk_cache = DynamicCache(ddp_cache_data=layers_kv)

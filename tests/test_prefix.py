@@ -43,20 +43,25 @@ def test_prefix_reuse_equals_recomputation_gqa_pad_to_square(tiny_llava_gqa_pad)
     check_equal(attender, photo(20, 60, 2), "describe the image", TEXTS, per_layer=True, per_head=True, batch_size=2)
 
 
-@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_prefix_reuse_any_resolution_families(family, tmp_path):
-    """Tiles + base image (LLaVA-NeXT, OneVision) reuse the prefix; Qwen-VL (M-RoPE positions)
-    says shared_prefix = False and recomputes: equal either way."""
+    """Tiles + base image (LLaVA-NeXT, OneVision) and M-RoPE positions (Qwen-VL: the texts'
+    positions continue the prefix's plus its rope delta) give the maps of recomputation."""
     from attendseg.tiny.llava_next import build_llava_next, build_llava_onevision
     from attendseg.tiny.qwen_vl import build_qwen_vl
     from conftest import WORDS
 
-    build = {"llava_next": lambda: build_llava_next(tmp_path, WORDS, seed=0),
-             "llava_onevision": lambda: build_llava_onevision(tmp_path, WORDS, seed=2),
-             "qwen2_5_vl": lambda: build_qwen_vl(tmp_path, WORDS, model_type="qwen2_5_vl", seed=0)}[family]
-    attender = attendseg.load(build())
-    assert attender.adapter.shared_prefix == (family != "qwen2_5_vl")
+    if family == "llava_next":
+        folder = build_llava_next(tmp_path, WORDS, seed=0)
+    elif family == "llava_onevision":
+        folder = build_llava_onevision(tmp_path, WORDS, seed=2)
+    else:
+        folder = build_qwen_vl(tmp_path, WORDS, model_type=family, seed=0)
+    attender = attendseg.load(folder)
+    assert attender.adapter.shared_prefix
     check_equal(attender, photo(40, 70), "describe the image", TEXTS[:3], per_layer=True, batch_size=2)
+    if family.startswith("qwen"):
+        assert attender.adapter.text_position_offset() != 0  # the offset is exercised
 
 
 def test_prefix_reuse_equals_recomputation_difflmm(tmp_path):
@@ -76,7 +81,7 @@ def test_prefix_reuse_equals_recomputation_difflmm(tmp_path):
 
 def test_recomputing_families_and_bad_input(tiny_llava, monkeypatch):
     attender = attendseg.load(tiny_llava)
-    monkeypatch.setattr(attender.adapter, "shared_prefix", False)  # e.g. M-RoPE families
+    monkeypatch.setattr(attender.adapter, "shared_prefix", False)  # a family that cannot reuse
     check_equal(attender, photo(), "describe the image", TEXTS[:2])
     for texts, message in [([], "no texts"), (["a cat", " "], "the text is empty"), (["<image> cat"], "contains")]:
         with pytest.raises(AttendsegError, match=message):

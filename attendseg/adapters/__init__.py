@@ -71,9 +71,9 @@ class Adapter(ABC):
     model_class: str = ""
     hub_ids: tuple[str, ...] = ()
     layout: str = ""
-    #: Whether texts can be teacher-forced from a cached image + prompt prefix with plain 1-D
-    #: position ids (:meth:`attendseg.attender.Attender.attend_texts`); families with multimodal
-    #: rotary positions (M-RoPE) say False and are recomputed per text.
+    #: Whether texts can be teacher-forced from a cached image + prompt prefix
+    #: (:meth:`attendseg.attender.Attender.attend_texts`, positions continuing the prefix's plus
+    #: :meth:`text_position_offset`); families that say False are recomputed per text.
     shared_prefix: bool = False
 
     def __init__(self, model, processor):
@@ -177,6 +177,11 @@ class Adapter(ABC):
         return Prepared(inputs=inputs, key_index=key_index, views=views,
                         text_lengths=[len(t) for t in text_ids], text_ids=text_ids, text_offsets=text_offsets)
 
+
+    def text_position_offset(self) -> int:
+        """After a one-row prefix ran, what to add to a text token's sequence index to get its
+        rotary position (0 for 1-D positions; M-RoPE families: the prefix's position delta)."""
+        return 0
 
     def text_tokens(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A teacher-forced text's ``[r]`` token ids and ``[r, 2]`` character spans (no special

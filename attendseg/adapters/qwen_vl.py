@@ -49,6 +49,14 @@ class QwenVLAdapter(Adapter):
     def language_model(self):
         return self.model.model.language_model
 
+    #: Text after the image has equal temporal / height / width positions: a 1-D position plus
+    #: the prefix's M-RoPE delta (``rope_deltas``, set by the model when the prefix runs).
+    shared_prefix = True
+
+    def text_position_offset(self) -> int:
+        deltas = self.model.model.rope_deltas
+        return 0 if deltas is None else int(deltas.reshape(-1)[0])
+
     def vision_tokens(self) -> dict[str, int]:
         """The family's vision special tokens present in the vocabulary: text → id."""
         config = self.model.config
