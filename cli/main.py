@@ -298,7 +298,7 @@ def eval_refcoco(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Per-expression records (JSONL; default "
                                        "attendseg-refcoco/DATASET-SPLIT.jsonl); a rerun resumes it."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N more expressions."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Expressions per model call (default: all of an image's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Expressions per model call from an image's cached prefix (default 8)."),
     untrained: bool = typer.Option(False, "--untrained", help="Also score the model with random weights (small models)."),
     random_point: bool = typer.Option(False, "--random-point", help="Also score a random point."),
     normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's)."),

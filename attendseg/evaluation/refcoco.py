@@ -82,7 +82,8 @@ class ReferringGrounding:
         grounder: model, refiner, phrase extractor and map settings.
         prompt, template: the teacher-forcing prompt and answer template.
         expression_map: ``"root"`` | ``"all"``.
-        batch_size: expressions per forward pass over the shared prefix (None: all of an image's).
+        batch_size: expressions per forward pass over the shared prefix (None: ``attend_texts``'
+            default, :data:`attendseg.attender.TEXT_BATCH`).
     """
 
     def __init__(self, grounder, prompt: str = DEFAULT_PROMPT, template: str = DEFAULT_TEMPLATE,
