@@ -51,7 +51,7 @@ def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool 
             if k is not None:
                 inter = np.logical_and(phrase.mask, scene.masks[k]).sum()
                 ious.append(inter / max(np.logical_or(phrase.mask, scene.masks[k]).sum(), 1))
-        picture = viz.overlay(*viz.zoom(scene.image, grounding, ZOOM))
+        picture = viz.overlay(*viz.zoom(scene.image, shapes.readable(grounding), ZOOM))
         atomic_save_image(picture, out / f"scene_{scene.seed}.png")
         sheet.append(picture)
     metrics = {
