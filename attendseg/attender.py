@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from . import capture
-from .bundled import resolve_model
+from .bundled import BUNDLED_MODELS, resolve_model
 from .devices import resolve_device, resolve_dtype
 from .adapters import Adapter, adapter_for
 from .errors import AttendsegError
@@ -67,7 +67,8 @@ def load(model: str | os.PathLike, device=None, dtype=None, **options) -> "Atten
     with _no_weight_loading_bar():
         adapter = _load_adapter(name, device, dtype, options)
     capture.enable(adapter.language_model)
-    return Attender(adapter, model_id=name)
+    # a bundled model keeps its short name in results (portable, unlike its install path)
+    return Attender(adapter, model_id=str(model) if str(model) in BUNDLED_MODELS else name)
 
 
 @contextmanager

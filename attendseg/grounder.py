@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .attender import Attender, load
-from .bundled import resolve_model
+from .bundled import BUNDLED_MODELS, resolve_model
 from .errors import AttendsegError
 from .images import load_image
 from .maps import VIEW_CHOICES, trace_image_map
@@ -152,9 +152,11 @@ class Grounder:
             settings: :class:`Settings` fields; unset fields come from the checkpoint's
                 ``attendseg.json`` when it has one, else the paper's defaults.
         """
-        source = model.model_id if isinstance(model, Attender) else resolve_model(model)
-        merged = {**checkpoint_settings(source), **settings}
-        defaults = checkpoint_defaults(source)
+        # the folder that may hold the checkpoint's attendseg.json
+        source = model.model_id if isinstance(model, Attender) else model
+        folder = resolve_model(source) if source in BUNDLED_MODELS or not isinstance(model, Attender) else source
+        merged = {**checkpoint_settings(folder), **settings}
+        defaults = checkpoint_defaults(folder)
         config = Settings(**merged)  # validate before the (slow) model load
         options = dict(refiner_options or {})
         if refiner == "sam":
@@ -165,7 +167,7 @@ class Grounder:
             raise AttendsegError("--sam-model is only used with the sam refiner")
         refiner_obj = make_refiner(refiner, **options)
         extractor = make_phrase_extractor(defaults.get("phrases", "auto") if phrases is None else phrases)
-        attender = model if isinstance(model, Attender) else load(source, device=device, dtype=dtype,
+        attender = model if isinstance(model, Attender) else load(model, device=device, dtype=dtype,
                                                                      **(model_options or {}))
         return cls(attender, refiner_obj, extractor, config, keep_heatmaps,
                    prompt=defaults.get("prompt", DEFAULT_PROMPT))
