@@ -228,3 +228,16 @@ def test_ctrl_c_prints_a_summary_and_how_to_resume(tiny_llava, tmp_path, photos)
     assert f"{done} image(s) done" in stdout and "Traceback" not in stderr
     assert f"interrupted: {60 - done} image(s) not done" in stdout
     assert "run the same command again to resume" in stdout
+
+
+def test_quick_start_leaves_the_clone_clean():
+    """README's quick start writes demo-out/; the CLI's default --out folders are ignored too."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("demo-out/contact_sheet.png", "attendseg-out/a.jpg.json", "attendseg-traces/a.jpg.trace.safetensors",
+                 "attendseg-demo/metrics.json"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
