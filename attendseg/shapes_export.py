@@ -35,6 +35,7 @@ import numpy as np
 
 from . import rle, shapes
 from .errors import AttendsegError
+from .files import atomic_save_image, atomic_write_bytes, atomic_write_text
 
 #: Held-out seed set per split (:func:`attendseg.shapes.heldout_seeds`); set 0 is ``eval shapes``'.
 SEED_SETS = {"val": 10, "testA": 11, "testB": 12}
@@ -72,7 +73,7 @@ def export_refcoco(folder, n: int = 100, dataset: str = "refcoco", size: int = s
             scene = shapes.make_scene(seed, size=size)
             image_id = len(images) + 1
             file_name = f"COCO_train2014_{image_id:012d}.png"
-            Image.fromarray(scene.image).save(image_dir / file_name)
+            atomic_save_image(Image.fromarray(scene.image), image_dir / file_name)
             images.append({"id": image_id, "file_name": file_name, "height": size, "width": size, "seed": seed})
             shape_counts = {}
             for obj in scene.objects:
@@ -95,10 +96,10 @@ def export_refcoco(folder, n: int = 100, dataset: str = "refcoco", size: int = s
                 n_refs += 1
                 n_sent += len(sentences)
         counts["images"][split], counts["refs"][split], counts["expressions"][split] = n, n_refs, n_sent
-    (data_dir / "instances.json").write_text(json.dumps(
+    atomic_write_text(data_dir / "instances.json", json.dumps(
         {"info": {"description": "attendseg shapes world, refer layout"}, "images": images,
          "annotations": annotations, "categories": categories}))
-    (data_dir / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    atomic_write_bytes(data_dir / "refs(unc).p", pickle.dumps(refs, protocol=2))
     return counts
 
 

@@ -26,6 +26,9 @@ def test_record_file_resumes_and_refuses_other_settings(tmp_path):
         SampleLog(path, "gcg", {"model": "m", "split": "val"})
     fresh = SampleLog(path, "refcoco", {"model": "m", "split": "testA"}, overwrite=True)
     assert len(fresh) == 0
+    other = SampleLog(path, "gcg", {"x": 1})  # no records yet: other settings start afresh
+    assert SampleLog.read(path)[0] == {"benchmark": "gcg", "settings": {"x": 1}, "format": 1} and len(other) == 0
+    fresh = SampleLog(path, "refcoco", {"model": "m", "split": "testA"})
     header, records = SampleLog.read(path)
     assert header["settings"] == {"model": "m", "split": "testA"} and records == []
 

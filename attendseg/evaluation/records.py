@@ -38,7 +38,8 @@ class SampleLog:
         benchmark: a name stored in the header (a file of another benchmark is refused).
         settings: everything that changes the records (model, prompt, split, refiner, …);
             a resumed run must give equal settings (compared after a JSON round trip).
-        overwrite: start afresh even when the file has records.
+        overwrite: start afresh even when the file has records (a file with none is always
+            started afresh).
 
     Attributes:
         done: ``{id: record}`` of the finished samples, in file order.
@@ -58,10 +59,10 @@ class SampleLog:
             self._resume()
 
     def _start(self) -> None:
+        from ..files import atomic_write_text
+
         header = json.dumps({"header": {"benchmark": self.benchmark, "settings": self.settings, "format": FORMAT}})
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(header + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, header + "\n")
 
     def _resume(self) -> None:
         data = self.path.read_bytes()
@@ -77,6 +78,9 @@ class SampleLog:
         if not isinstance(header, dict):
             raise AttendsegError(f"{self.path} is not an attendseg record file (no header line); "
                                  f"choose another --out or pass --overwrite")
+        if len(lines) == 1:  # a header and no records: nothing to resume, start afresh
+            self._start()
+            return
         if header.get("benchmark") != self.benchmark:
             raise AttendsegError(f"{self.path} holds {header.get('benchmark')!r} records, not {self.benchmark!r}")
         if header.get("settings") != self.settings:

@@ -197,54 +197,67 @@ def evaluate(expressions: list[Expression], model, records: str | Path, *, sourc
              sam_model: str | None = None, sam_choice: str = "last", phrases="auto",
              batch_size: int | None = None, limit: int | None = None, untrained: bool = False,
              random_point: bool = False, overwrite: bool = False, progress: bool = True,
-             device=None, dtype=None, model_options: dict | None = None, **settings) -> dict:
+             device=None, dtype=None, model_options: dict | None = None, model_name: str | None = None,
+             **settings) -> dict:
     """Evaluate ``model`` on ``expressions``; records in ``records`` (JSONL), baselines beside it.
+
+    The record files are opened (and a resume with other settings refused) before the model loads.
 
     Args:
         source: what the expressions are (``{"dataset": …, "split": …}`` or ``{"manifest": …}``),
             stored in the records' header.
         untrained: also score the same architecture with random weights (``<records>.untrained.jsonl``).
         random_point: also score a random point (``<records>.random_point.jsonl``).
+        model_name: how the header names the model (default ``str(model)``).
         settings: :class:`~attendseg.grounder.Settings` fields (layers, normalisation, …).
 
     Returns:
         ``{"rows": [{"name", "ciou", "giou", "acc@0.5", "n"}, …], "records": {name: path},
         "stats": {name: RunStats lines}, "settings": {...}}``.
     """
-    from ..grounder import Grounder
+    from ..grounder import Grounder, Settings, checkpoint_settings
+    from ..phrases import make_phrase_extractor
 
     records = Path(records)
     if expression_map not in EXPRESSION_MAPS:  # user mistakes fail before the model loads
         raise AttendsegError(f"expression_map must be one of {EXPRESSION_MAPS}, got {expression_map!r}")
     expression_span(template, "x")
-    options = {"choice": sam_choice} if refiner == "sam" else {}
-    grounder = Grounder.from_pretrained(model, refiner=refiner, sam_model=sam_model, phrases=phrases,
-                                        device=device, dtype=dtype, refiner_options=options,
-                                        model_options=model_options, **settings)
-    method = ReferringGrounding(grounder, prompt, template, expression_map, batch_size)
+    config = Settings(**{**checkpoint_settings(model), **settings})
+    extractor = make_phrase_extractor(phrases)
     common = {**source, "prompt": prompt, "template": template, "expression_map": expression_map,
               "refiner": refiner, "sam_model": sam_model, "sam_choice": sam_choice if refiner == "sam" else None,
-              "phrases": repr(grounder.phrases), "settings": vars(grounder.settings)}
-    runs = [("model", method, records, {**common, "model": str(model)})]
+              "phrases": repr(extractor), "settings": vars(config)}
+    header = {**common, "model": model_name or str(model)}
+    logs = {"model": (records, SampleLog(records, BENCHMARK, header, overwrite=overwrite))}
+    if untrained:
+        path = records.with_suffix(".untrained.jsonl")
+        logs["untrained"] = (path, SampleLog(path, BENCHMARK, {**header, "baseline": "untrained"}, overwrite=overwrite))
     if random_point:
-        runs.append(("random point", RandomPoint(grounder.refiner), records.with_suffix(".random_point.jsonl"),
-                     {**source, "baseline": "random point", "refiner": refiner, "sam_model": sam_model}))
+        path = records.with_suffix(".random_point.jsonl")
+        logs["random point"] = (path, SampleLog(path, BENCHMARK, {**source, "baseline": "random point",
+                                                                  "refiner": refiner, "sam_model": sam_model},
+                                                overwrite=overwrite))
+    options = {"choice": sam_choice} if refiner == "sam" else {}
+    grounder = Grounder.from_pretrained(model, refiner=refiner, sam_model=sam_model, phrases=extractor,
+                                        device=device, dtype=dtype, refiner_options=options,
+                                        model_options=model_options, **settings)
     out = {"rows": [], "records": {}, "stats": {}, "settings": common}
     tmp = None
     try:
-        for name, runner, path, header in runs:
-            log = SampleLog(path, BENCHMARK, header, overwrite=overwrite)
-            stats = run(runner, expressions, log, limit, progress, desc=name)
-            _add(out, name, log, path, stats)
-            if name == "model" and untrained:  # right after the model, before the random point
+        for name, (path, log) in logs.items():
+            if name == "model":
+                runner = ReferringGrounding(grounder, prompt, template, expression_map, batch_size)
+            elif name == "untrained":
                 tmp = Path(tempfile.mkdtemp(prefix="attendseg-untrained-"))
-                random_grounder = Grounder(_load_untrained(model, tmp, device, dtype), grounder.refiner,
-                                           grounder.phrases, grounder.settings)
-                upath = records.with_suffix(".untrained.jsonl")
-                ulog = SampleLog(upath, BENCHMARK, {**header, "baseline": "untrained"}, overwrite=overwrite)
-                ustats = run(ReferringGrounding(random_grounder, prompt, template, expression_map, batch_size),
-                             expressions, ulog, limit, progress, desc="untrained")
-                _add(out, "untrained", ulog, upath, ustats)
+                random_weights = Grounder(_load_untrained(model, tmp, device, dtype), grounder.refiner,
+                                          grounder.phrases, grounder.settings)
+                runner = ReferringGrounding(random_weights, prompt, template, expression_map, batch_size)
+            else:
+                runner = RandomPoint(grounder.refiner)
+            stats = run(runner, expressions, log, limit, progress, desc=name)
+            out["rows"].append({"name": name, **figures(log.records())})
+            out["records"][name] = str(path)
+            out["stats"][name] = stats.lines("expression")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -256,12 +269,6 @@ def _load_untrained(model, tmp: Path, device, dtype):
     from ..shapes_eval import untrained_copy
 
     return load(untrained_copy(model, tmp), device=device, dtype=dtype)
-
-
-def _add(out: dict, name: str, log: SampleLog, path: Path, stats: RunStats) -> None:
-    out["rows"].append({"name": name, **figures(log.records())})
-    out["records"][name] = str(path)
-    out["stats"][name] = stats.lines("expression")
 
 
 COLUMNS = [("name", ""), ("ciou", "cIoU"), ("giou", "gIoU"), ("acc@0.5", "REC Acc@0.5"), ("n", "expressions")]
