@@ -242,9 +242,7 @@ class Attender:
         layer_list = _layer_list(layers, self.n_layers)
         head_list = _head_list(heads, self.n_heads)
         prompt = _per_image(prompt, 1, "prompt")[0]
-        if any(self.adapter.image_token in t for t in texts):
-            raise AttendsegError(f"the text contains {self.adapter.image_token!r}: attendseg places the image "
-                                 f"itself; write the text without it")
+        self.adapter.check_reserved("text", texts)
         prefix = self.adapter.prepare([pil], [prompt])
         cache = self._prefix_cache(prefix.inputs)
         size = batch_size or TEXT_BATCH

@@ -118,6 +118,13 @@ class Adapter(ABC):
         placeholder); families add their vision markers."""
         return [self.image_token]
 
+    def check_reserved(self, what: str, values: list[str]) -> None:
+        """:class:`AttendsegError` when a prompt or text (``what``) holds a reserved token."""
+        for token in self.reserved_tokens():
+            if any(token in v for v in values):
+                raise AttendsegError(f"the {what} contains {token!r}: attendseg places the image (and its "
+                                     f"markers) itself; write the {what} without it")
+
     def generation_defaults(self) -> dict:
         """``generate`` keyword defaults: never generate image placeholder or vision marker tokens
         (added to any tokens the checkpoint's generation config already suppresses)."""
@@ -154,11 +161,8 @@ class Adapter(ABC):
         row's text is appended after the assistant turn for teacher forcing."""
         tokenizer = self.tokenizer
         tokenizer.padding_side = "left"
-        for what, values in (("prompt", prompts), ("text", texts or [])):
-            for token in self.reserved_tokens():
-                if any(token in v for v in values):
-                    raise AttendsegError(f"the {what} contains {token!r}: attendseg places the image (and its "
-                                         f"markers) itself; write the {what} without it")
+        self.check_reserved("prompt", prompts)
+        self.check_reserved("text", texts or [])
         batch = self.encode(images, [self.chat_prompt(p) for p in prompts])
         text_ids, text_offsets = [], []
         if texts is not None:
