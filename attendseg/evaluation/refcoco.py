@@ -112,10 +112,15 @@ class ReferringGrounding:
             out.append((image_map, tokens, trace))
         return out
 
-    def prompts(self, image, expressions: list[str]) -> tuple[list[Prompt], list[list[str]]]:
+    @property
+    def refiner(self):
+        return self.grounder.refiner
+
+    def prompts(self, image, expressions: list[Expression]) -> tuple[list[Prompt], list[list[str]]]:
+        """One refiner prompt per expression, and the tokens its map came from."""
         s = self.grounder.settings
         prompts, words = [], []
-        for image_map, tokens, trace in self.maps(image, expressions):
+        for image_map, tokens, trace in self.maps(image, [e.text for e in expressions]):
             prompts.append(map_prompt(image_map, k=s.points, box=s.box))
             words.append([trace.tokens[i] for i in tokens])
         return prompts, words
@@ -130,34 +135,34 @@ class RandomPoint:
     SIGMA = 0.1
 
     def __init__(self, refiner):
-        self.grounder = type("G", (), {"refiner": refiner})()
+        self.refiner = refiner
 
-    def prompts(self, image, expressions, ids):
+    def prompts(self, image, expressions: list[Expression]) -> tuple[list[Prompt], list[list[str]]]:
         width, height = image.size
         out = []
-        for sample_id in ids:
-            rng = np.random.default_rng(zlib.crc32(str(sample_id).encode()))
+        for e in expressions:
+            rng = np.random.default_rng(zlib.crc32(str(e.id).encode()))
             point = rng.uniform(0, 1, 2) * (width, height)
             yy, xx = np.mgrid[0:height, 0:width] + 0.5
             sigma = self.SIGMA * max(width, height)
             bump = np.exp(-((xx - point[0]) ** 2 + (yy - point[1]) ** 2) / (2 * sigma**2))
             out.append(Prompt(points=point[None], labels=np.ones(1, dtype=np.int64), heatmap=bump))
-        return out, [[] for _ in ids]
+        return out, [[] for _ in expressions]
 
 
 def process_image(method, expressions: list[Expression]) -> list[dict]:
-    """Records of one image's expressions (:class:`SkipGroup` when the image cannot be read)."""
+    """Records of one image's expressions (:class:`SkipGroup` when the image cannot be read).
+
+    ``method`` is a :class:`ReferringGrounding` or :class:`RandomPoint`: its ``prompts(image,
+    expressions)`` give one prompt per expression, and its ``refiner`` embeds the image once and
+    answers them all in one call."""
     try:
         image = load_image(expressions[0].image)
     except AttendsegError as error:
-        raise SkipGroup("image missing" if "no such file" in str(error) else f"unreadable image") from error
+        raise SkipGroup("image missing" if "no such file" in str(error) else "unreadable image") from error
     width, height = image.size
-    texts = [e.text for e in expressions]
-    if isinstance(method, RandomPoint):
-        prompts, words = method.prompts(image, texts, [e.id for e in expressions])
-    else:
-        prompts, words = method.prompts(image, texts)
-    refiner = method.grounder.refiner
+    prompts, words = method.prompts(image, expressions)
+    refiner = method.refiner
     refiner.set_image(np.asarray(image))
     results = refiner.refine(prompts)
     records = []
