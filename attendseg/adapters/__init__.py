@@ -109,6 +109,11 @@ class Adapter(ABC):
         """The placeholder text a user must not write in prompts (the processor places it)."""
         return getattr(self.processor, "image_token", None) or "<image>"
 
+    def reserved_tokens(self) -> list[str]:
+        """Token strings a user must not write in a prompt or text: the processor places them
+        (default: :attr:`image_token`; families add their image-cell and marker tokens)."""
+        return [self.image_token]
+
     def generation_defaults(self) -> dict:
         """``generate`` keyword defaults: never generate image placeholder or vision marker tokens
         (added to any tokens the checkpoint's generation config already suppresses)."""
@@ -146,9 +151,10 @@ class Adapter(ABC):
         tokenizer = self.tokenizer
         tokenizer.padding_side = "left"
         for what, values in (("prompt", prompts), ("text", texts or [])):
-            if any(self.image_token in v for v in values):
-                raise AttendsegError(f"the {what} contains {self.image_token!r}: attendseg places the image "
-                                     f"itself; write the {what} without it")
+            for token in self.reserved_tokens():
+                if any(token in v for v in values):
+                    raise AttendsegError(f"the {what} contains {token!r}: attendseg places the image "
+                                         f"itself; write the {what} without it")
         batch = self.encode(images, [self.chat_prompt(p) for p in prompts])
         text_ids, text_offsets = [], []
         if texts is not None:
