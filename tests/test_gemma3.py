@@ -4,11 +4,6 @@ The tiny model has 3 text layers (sliding, global, sliding) with a 24-token wind
 drops image keys on the sliding layers, and image tokens attend to each other bidirectionally.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -19,7 +14,7 @@ import attendseg
 from attendseg import AttendsegError
 from conftest import WORDS
 from eager_reference import generation_maps, teacher_maps
-from geometry_probe import check_cells, coordinate_image, token_sources
+from family_checks import check_cells, cli_ground_masks, coordinate_image, token_sources, without_processor_files
 
 PROMPTS = ["describe the image", "is there a red circle on the left of the blue square"]
 TEXTS = ["a red circle", "a blue square on the left of a large green star"]
@@ -128,16 +123,7 @@ def test_vision_special_tokens_are_never_generated(attender, images):
 
 
 def test_cli_ground_writes_masks_of_the_image_size(folder, tmp_path, photos):
-    Image.fromarray(photos["chelsea"]).save(tmp_path / "cat.jpg")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    run = subprocess.run([sys.executable, "-m", "attendseg.cli.main", "ground", str(tmp_path / "cat.jpg"),
-                          "--model", str(folder), "--out", str(tmp_path / "out"), "--text",
-                          "a red circle on the left of a blue square", "-q"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr
-    data = json.loads((tmp_path / "out" / "cat.jpg.json").read_text())
-    assert (data["image"]["width"], data["image"]["height"]) == (451, 300) and data["phrases"]
-    masks = [p["segmentation"] for p in data["phrases"] if p["segmentation"] is not None]
+    masks = cli_ground_masks(folder, tmp_path, photos["chelsea"])
     assert masks and all(mask["size"] == [300, 451] for mask in masks)
 
 
@@ -151,11 +137,5 @@ def test_image_tokens_in_prompt_or_text_are_refused(attender, token):
 
 
 def test_checkpoint_without_processor_files(folder, tmp_path):
-    import shutil
-
-    broken = tmp_path / "no-processor"
-    shutil.copytree(folder, broken)
-    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
-        (broken / name).unlink()
     with pytest.raises(AttendsegError, match="could not load the processor"):
-        attendseg.load(broken)
+        attendseg.load(without_processor_files(folder, tmp_path))

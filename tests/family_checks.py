@@ -1,4 +1,6 @@
-"""Geometry probe for any family: which original pixels does each image token see?
+"""Checks every model family's tests share: the geometry probe, the CLI run, a broken checkpoint.
+
+Geometry probe: which original pixels does each image token see?
 
 An image whose pixels encode their own coordinates (red = x, green = y; sides ≤ 256 px) goes
 through the family's real processor (resize, crops, tiles); the vision encoder's layers are made
@@ -8,6 +10,9 @@ and scatters them into the language model's input embeddings. The gradient of ea
 token's input embedding with respect to ``pixel_values`` marks the processor pixels that reach it;
 their values, normalisation undone, are the original coordinates they were resampled from.
 """
+
+import json
+import shutil
 
 import numpy as np
 import torch
@@ -95,3 +100,28 @@ def check_cells(sources, views, reach: float = 1.0) -> int:
                 assert ys.min() <= y0 + inset_y and ys.max() >= y1 - inset_y, f"{where}: y {ys.min()}..{ys.max()}"
                 checked += 1
     return checked
+
+
+def cli_ground_masks(folder, tmp_path, photo: np.ndarray) -> list[dict]:
+    """Run ``attendseg ground PHOTO --model FOLDER --out OUT`` (typer's CliRunner, a fixed text)
+    and return the COCO RLE masks of the JSON it writes (after checking the image size)."""
+    from typer.testing import CliRunner
+
+    from attendseg.cli.main import app
+
+    Image.fromarray(photo).save(tmp_path / "photo.jpg")
+    run = CliRunner().invoke(app, ["ground", str(tmp_path / "photo.jpg"), "--model", str(folder), "--out",
+                                   str(tmp_path / "out"), "--text", "a red circle on the left of a blue square", "-q"])
+    assert run.exit_code == 0, run.output
+    data = json.loads((tmp_path / "out" / "photo.jpg.json").read_text())
+    assert (data["image"]["height"], data["image"]["width"]) == photo.shape[:2] and data["phrases"]
+    return [p["segmentation"] for p in data["phrases"] if p["segmentation"] is not None]
+
+
+def without_processor_files(folder, tmp_path):
+    """A copy of a checkpoint folder without its tokenizer and processor files."""
+    broken = tmp_path / "no-processor"
+    shutil.copytree(folder, broken)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
+        (broken / name).unlink()
+    return broken
