@@ -65,9 +65,9 @@ def build_gemma3(
             ``image_size``; pan-and-scan settings default to crops of ≥ 32 px, ≤ 4 crops, ratio
             ≥ 1.2, off unless a call passes ``do_pan_and_scan=True``).
 
-    A benchmark with the real token count for a 1024 × 768 photo (256 tokens, no pan-and-scan):
-    ``build_gemma3(folder, words, image_size=224, patch_size=14, tokens_per_image=256,
-    text={...wider...})`` (a 16 × 16 patch grid, pooling 1).
+    A benchmark with the real token count for a 1024 × 768 photo (256 tokens, no pan-and-scan;
+    the released 64 × 64 patch grid pooled 4 × 4): ``build_gemma3(folder, words, image_size=896,
+    patch_size=14, tokens_per_image=256, text={...wider...})`` (checked: 256 image tokens).
 
     Returns:
         The folder path.

@@ -64,7 +64,8 @@ def build_internvl(
 
     A benchmark with the real token count for a 1024 × 768 photo (InternVL3: 448-px tiles, up to
     12 → a 4 × 3 grid + thumbnail = 13 × 256 = 3,328 tokens): ``build_internvl(folder, words,
-    image_size=448, patch_size=14, image_processor={"max_patches": 12}, text={...wider...})``.
+    image_size=448, patch_size=14, image_processor={"max_patches": 12}, text={...wider...})``
+    (checked: 3,328 image tokens).
 
     Returns:
         The folder path.
