@@ -64,13 +64,8 @@ class QwenVLAdapter(Adapter):
         config = self.model.config
         return sorted({*self.vision_tokens().values(), config.vision_start_token_id, config.vision_end_token_id})
 
-    def prepare(self, images, prompts, texts=None):
-        for what, values in (("prompt", prompts), ("text", texts or [])):
-            for token in self.vision_tokens():
-                if any(token in v for v in values):
-                    raise AttendsegError(f"the {what} contains {token!r}: attendseg places the image and its "
-                                         f"vision markers itself; write the {what} without it")
-        return super().prepare(images, prompts, texts)
+    def reserved_tokens(self) -> list[str]:
+        return list(self.vision_tokens())
 
     def encode(self, images, chats):
         try:
