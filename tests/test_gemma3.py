@@ -114,6 +114,18 @@ def test_every_cell_sees_its_box(attender, width, height):
             check_cells(sources, swapped)
 
 
+@pytest.mark.parametrize("width, height", [(240, 80), (90, 200)])
+def test_cells_pooled_like_the_released_models(tmp_path, width, height):
+    """The released models pool 4 × 4 patches per token (64 × 64 → 16 × 16); so does this one."""
+    from attendseg.tiny.gemma3 import build_gemma3
+
+    attender = attendseg.load(build_gemma3(tmp_path / "k4", WORDS, patch_size=4), pan_and_scan=True)
+    assert attender.model.model.multi_modal_projector.kernel_size == 4
+    sources, views = token_sources(attender.adapter, attender.model.model.vision_tower.encoder,
+                                   coordinate_image(width, height))
+    assert len(views) > 1 and check_cells(sources, views) == len(sources)
+
+
 def test_vision_special_tokens_are_never_generated(attender, images):
     config = attender.model.config
     special = {config.image_token_id, config.boi_token_id, config.eoi_token_id}

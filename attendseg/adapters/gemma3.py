@@ -72,7 +72,7 @@ class Gemma3Adapter(Adapter):
     def row_views(self, batch, row, image) -> list[View]:
         """The whole image, then its pan-and-scan crops (in ``pixel_values`` order), each a
         ``t × t`` grid of pooled cells over the region the processor squashed to the square."""
-        t = int(round(self.model.config.mm_tokens_per_image ** 0.5))
+        t = self.pooled_side()
         n_views = int((batch["input_ids"][row] == self.image_token_id).sum()) // (t * t)
         boxes = self.crop_boxes(*image.size)
         if n_views != 1 + len(boxes):
@@ -80,9 +80,9 @@ class Gemma3Adapter(Adapter):
                                  f"image, its pan-and-scan settings give {1 + len(boxes)}: unsupported processor")
         width, height = image.size
         kind = "global" if boxes else "image"
-        views = [View(start=0, grid=(t, t), box=self.pooled_box((0, 0, width, height)), name="image", kind=kind)]
+        views = [View(start=0, grid=(t, t), box=(0, 0, width, height), name="image", kind=kind)]
         for i, box in enumerate(boxes):
-            views.append(View(start=(i + 1) * t * t, grid=(t, t), box=self.pooled_box(box), name=f"crop {i}",
+            views.append(View(start=(i + 1) * t * t, grid=(t, t), box=box, name=f"crop {i}",
                               kind="tile"))
         return views
 
@@ -102,13 +102,15 @@ class Gemma3Adapter(Adapter):
         )
         return [(int(c[1].min()), int(c[0].min()), int(c[1].max()) + 1, int(c[0].max()) + 1) for c in crops]
 
-    def pooled_box(self, box) -> tuple[float, float, float, float]:
-        """The part of a squashed region that the ``t × t`` pooled grid covers: all of it when the
-        pooling kernel tiles the patch grid (the released models), else the top-left
-        ``t·k`` of ``p`` patches per side (``AvgPool2d`` drops the remainder)."""
-        vision = self.model.config.vision_config
+    def pooled_side(self) -> int:
+        """``t``: the side of the pooled token grid. The patches must tile the square input and the
+        pooling kernel the patch grid (``AvgPool2d`` would otherwise give more than ``t²`` tokens,
+        which the model refuses), so the grid covers the whole squashed region."""
+        config = self.model.config
+        t = int(round(config.mm_tokens_per_image ** 0.5))
+        vision = config.vision_config
         patches = vision.image_size // vision.patch_size
-        t = int(round(self.model.config.mm_tokens_per_image ** 0.5))
-        covered = t * (patches // t) / (vision.image_size / vision.patch_size)
-        x0, y0, x1, y1 = box
-        return x0, y0, x0 + (x1 - x0) * covered, y0 + (y1 - y0) * covered
+        if t * t != config.mm_tokens_per_image or patches % t or vision.image_size % vision.patch_size:
+            raise AttendsegError(f"{config.mm_tokens_per_image} image tokens do not pool a {patches}×{patches} "
+                                 f"patch grid evenly: unsupported gemma3 configuration")
+        return t
