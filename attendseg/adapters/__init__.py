@@ -224,12 +224,8 @@ def without_video(processor_class: type) -> type:
     kept = [p for name, p in signature.parameters.items() if name != "video_processor"]
 
     class NoVideo(processor_class):
-        # The class's own __init__ (its signature names what save_pretrained / from_pretrained
-        # keep, e.g. InternVL's image_seq_length) with video_processor=None: ProcessorMixin pairs
-        # the positional sub-processors with these attributes only.
-        @classmethod
-        def get_attributes(cls):
-            return [name for name in processor_class.get_attributes() if name != "video_processor"]
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
         @staticmethod
         def validate_init_kwargs(processor_config, valid_kwargs):
