@@ -49,6 +49,12 @@ FAMILIES = {
     "llava_next": ("attendseg.tiny.llava_next:build_llava_next", dict(
         tile=336, patch=14, text_model="mistral", text_hidden=512, intermediate=1376, text_layers=32,
         text_heads=32, kv_heads=8)),
+    # Gemma 3 4B's text geometry (34 layers, 5 sliding : 1 global, 8 heads, 4 kv heads) at a CPU
+    # width; 896 px / patch 14 pooled 4 × 4 → 256 image tokens (pan-and-scan off, as released)
+    "gemma3": ("attendseg.tiny.gemma3:build_gemma3", dict(
+        image_size=896, patch_size=14, tokens_per_image=256,
+        text=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=34, num_attention_heads=8,
+                  num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64, sliding_window=1024))),
 }
 TEXT_CONFIGS = {
     # Vicuna-7B's attention geometry (32 layers × 32 heads: what eager attention keeps scales
