@@ -44,11 +44,12 @@ def merge_stats(stats: torch.Tensor) -> torch.Tensor:
                         stats[..., 6].mean(-1)], -1)
 
 
-def carry(model, inputs, tower, projector, text_model, pixels_of, to_stats, merged):
-    """Run ``model(**inputs)`` with hooks: ``tower``'s output hidden states become
-    ``to_stats(tower_kwargs, hidden)`` (summaries in channels ``:STATS``, zeros elsewhere);
-    ``projector``'s output becomes ``merged(projector_input)`` (``[..., STATS]``, padded); returns
-    the language model's ``inputs_embeds[..., :STATS]`` with the scale undone: ``[B, S, 6]``."""
+def carry(model, inputs, tower, projector, text_model, pixels_of, to_stats, merged, final=None):
+    """Run ``model(**inputs)`` with hooks: ``tower``'s output hidden states (all of them) become
+    ``to_stats(pixels, hidden)`` (summaries in channels ``:STATS``, zeros elsewhere);
+    ``projector``'s output becomes ``merged(projector_input)`` (``[..., STATS]``, padded), and so
+    does ``final``'s (a later module of per-token layers, e.g. the MLP after a pixel shuffle);
+    returns the language model's ``inputs_embeds[..., :STATS]``, scale undone: ``[B, S, 6]``."""
     seen = {}
 
     def on_tower(module, args, kwargs, output):
@@ -56,12 +57,21 @@ def carry(model, inputs, tower, projector, text_model, pixels_of, to_stats, merg
         feats = torch.zeros_like(hidden)
         feats[..., :STATS] = to_stats(pixels_of(args, kwargs), hidden)
         output.last_hidden_state = feats
+        if getattr(output, "hidden_states", None) is not None:  # towers read from a chosen layer
+            output.hidden_states = tuple(feats for _ in output.hidden_states)
         return output
 
-    def on_projector(module, args, output):
+    def padded(output, stats):
         out = torch.zeros_like(output)
-        out[..., :STATS] = merged(args[0])
+        out[..., :STATS] = stats
         return out
+
+    def on_projector(module, args, output):
+        seen["stats"] = merged(args[0])
+        return padded(output, seen["stats"])
+
+    def on_final(module, args, output):
+        return padded(output, seen["stats"])
 
     def on_text(module, args, kwargs):
         seen["embeds"] = kwargs["inputs_embeds"].detach().float()
@@ -69,6 +79,8 @@ def carry(model, inputs, tower, projector, text_model, pixels_of, to_stats, merg
     hooks = [tower.register_forward_hook(on_tower, with_kwargs=True),
              projector.register_forward_hook(on_projector),
              text_model.register_forward_pre_hook(on_text, with_kwargs=True)]
+    if final is not None:
+        hooks.append(final.register_forward_hook(on_final))
     try:
         with torch.no_grad():
             model(**inputs)

@@ -8,7 +8,6 @@ outputs, pixel shuffle and token merge (forward hooks) to the language model's i
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -64,11 +64,7 @@ class Idefics3Adapter(Adapter):
 
     def encode(self, images, chats):
         """The processor's output, images nested one list per chat (``[[image], …]``)."""
-        for chat in chats:
-            found = [m for m in MARKERS if m in chat]
-            if found:
-                raise AttendsegError(f"the prompt contains {found[0]!r}: attendseg places the image and its tile "
-                                     f"markers itself; write the prompt without it")
+        refuse_markers(chats, MARKERS)
         return self.processor(images=[[image] for image in images], text=chats, return_tensors="pt",
                               padding=True)
 
@@ -118,11 +114,8 @@ class Idefics3Adapter(Adapter):
         """Runs of image tokens in one row's ``[S]`` ids: ``(first map index, length, marker)`` with
         marker ``(row, col)`` (1-based) after ``<row_r_col_c>``, None after ``<global-img>``."""
         positions = torch.nonzero(ids == self.image_token_id).squeeze(1)
-        if positions.numel() == 0:
-            return []
-        breaks = (torch.nonzero(positions[1:] != positions[:-1] + 1).squeeze(1) + 1).tolist()
         blocks = []
-        for start, stop in zip([0, *breaks], [*breaks, len(positions)]):
+        for start, count in image_runs(ids, self.image_token_id):
             before = self.tokenizer.convert_ids_to_tokens(int(ids[positions[start] - 1]))
             found = ROW_COL.fullmatch(before or "")
             if found:
@@ -132,7 +125,7 @@ class Idefics3Adapter(Adapter):
             else:
                 raise AttendsegError(f"image tokens after {before!r}, not a tile marker: unsupported processor "
                                      f"for the {self.family} adapter")
-            blocks.append((start, stop - start, marker))
+            blocks.append((start, count, marker))
         return blocks
 
 
@@ -145,3 +138,21 @@ class SmolVLMAdapter(Idefics3Adapter):
                "HuggingFaceTB/SmolVLM-Instruct", "HuggingFaceTB/SmolVLM2-2.2B-Instruct")
     layout = ("rows × cols tiles of the resized image (512 px, ≤ 4 × 4; 384 px on the 2B models) + a global "
               "image, 8 × 8 tokens each after pixel shuffle (9 × 9 on the 2B models); marker tokens between tiles")
+
+
+def image_runs(ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]:
+    """Runs of consecutive image tokens in one row's ``[S]`` ids: ``(first map index, length)``."""
+    positions = torch.nonzero(ids == image_token_id).squeeze(1)
+    if positions.numel() == 0:
+        return []
+    breaks = (torch.nonzero(positions[1:] != positions[:-1] + 1).squeeze(1) + 1).tolist()
+    return [(start, stop - start) for start, stop in zip([0, *breaks], [*breaks, len(positions)])]
+
+
+def refuse_markers(chats: list[str], markers) -> None:
+    """One-line AttendsegError if a chat prompt holds one of the family's image marker tokens."""
+    for chat in chats:
+        found = [m for m in markers if m in chat]
+        if found:
+            raise AttendsegError(f"the prompt contains {found[0]!r}: attendseg places the image and its markers "
+                                 f"itself; write the prompt without it")
