@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from . import text_config as small_text_config
 from . import word_tokenizer
 
 IMAGE_TOKENS = ("<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>")
@@ -96,19 +97,10 @@ def build_aya_vision(
         patch_size=patch_size,
         vision_use_head=False,
     )
-    text = transformers.Cohere2Config(**{
-        "vocab_size": len(tokenizer),
-        "hidden_size": text_hidden,
-        "intermediate_size": intermediate or text_hidden * 4,
-        "num_hidden_layers": text_layers,
-        "num_attention_heads": text_heads,
-        "num_key_value_heads": kv_heads or text_heads,
-        "max_position_embeddings": max(512, (max_patches + 1) * (per_tile + 2) + 256),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        **(text_config or {}),
-    })
+    text = small_text_config(tokenizer, "cohere2", text_hidden, text_layers, text_heads, kv_heads, intermediate,
+                             positions=max(512, (max_patches + 1) * (per_tile + 2) + 256))
+    for key, value in (text_config or {}).items():
+        setattr(text, key, value)
     config = transformers.AyaVisionConfig(
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),

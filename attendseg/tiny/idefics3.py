@@ -32,6 +32,7 @@ from typing import Sequence
 
 import torch
 
+from . import text_config as small_text_config
 from . import word_tokenizer
 
 #: The marker tokens both families write around image tiles (besides ``<image>``).
@@ -124,21 +125,10 @@ def build_idefics3(
         patch_size=patch_size,
     )
     max_tiles = -(-longest_edge // tile) ** 2 + 1
-    text = transformers.LlamaConfig(**{
-        "vocab_size": len(tokenizer),
-        "hidden_size": text_hidden,
-        "intermediate_size": intermediate or text_hidden * 4,
-        "num_hidden_layers": text_layers,
-        "num_attention_heads": text_heads,
-        "num_key_value_heads": kv_heads or text_heads,
-        "max_position_embeddings": max(512, max_tiles * (tokens_per_tile + 3) + 256),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False,
-        **(text_config or {}),
-    })
+    text = small_text_config(tokenizer, "llama", text_hidden, text_layers, text_heads, kv_heads, intermediate,
+                             positions=max(512, max_tiles * (tokens_per_tile + 3) + 256))
+    for key, value in {"rms_norm_eps": 1e-5, **(text_config or {})}.items():
+        setattr(text, key, value)
     config = getattr(transformers, f"{prefix}Config")(
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),
