@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AttendsegError": "errors",
     "Attender": "attender",
+    "BUNDLED_MODELS": "bundled",
     "load": "attender",
     "DEFAULT_PROMPT": "grounder",
     "Grounder": "grounder",

@@ -11,12 +11,15 @@ trace.token_maps()        # [T, N]: per generated token, attention over the 576 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from . import capture
+from .bundled import BUNDLED_MODELS, resolve_model
+from .devices import resolve_device, resolve_dtype
 from .adapters import Adapter, adapter_for
 from .errors import AttendsegError
 from .images import load_image
@@ -42,48 +45,12 @@ def _check_generate_options(options: dict) -> None:
             raise AttendsegError(f"{name}={options[name]!r} is not supported with capture (it uses {value!r})")
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(device) -> torch.device:
-    """``None`` → CUDA when available, else CPU; a bad or unavailable device is an error."""
-    if device is None:
-        return default_device()
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise AttendsegError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise AttendsegError(f"device {str(device)!r} requested, but CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise AttendsegError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type not in ("cpu", "mps", "xpu"):
-        raise AttendsegError(f"unsupported device {str(device)!r}")
-    return device
-
-
-def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """``None`` → bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on CPU."""
-    if dtype is None:
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise AttendsegError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-    return names[dtype]
-
-
 def load(model: str | os.PathLike, device=None, dtype=None, **options) -> "Attender":
     """Load a multimodal model for attention capture.
 
     Args:
-        model: a hub id (``"llava-hf/llava-1.5-7b-hf"``) or a local checkpoint folder.
+        model: a hub id (``"llava-hf/llava-1.5-7b-hf"``), a local checkpoint folder, or the short
+            name of a bundled model (``"shapes-llava"``, see :mod:`attendseg.bundled`).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, … (default: CUDA when available).
         dtype: ``torch.float32`` / ``"bf16"`` / … (default: bf16 on CUDA, fp32 on CPU).
         options: passed to special loaders: DiffLMM's ``base=`` (the LLM the LoRA adapter was
@@ -96,10 +63,29 @@ def load(model: str | os.PathLike, device=None, dtype=None, **options) -> "Atten
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    name = str(model)
-    adapter = _load_adapter(name, device, dtype, options)
+    name = resolve_model(model)
+    with _no_weight_loading_bar():
+        adapter = _load_adapter(name, device, dtype, options)
     capture.enable(adapter.language_model)
-    return Attender(adapter, model_id=name)
+    # a bundled model keeps its short name in results (portable, unlike its install path)
+    return Attender(adapter, model_id=str(model) if str(model) in BUNDLED_MODELS else name)
+
+
+@contextmanager
+def _no_weight_loading_bar():
+    """Hide transformers' per-load "Loading weights" bar (download bars stay)."""
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 def _load_adapter(name: str, device, dtype, options) -> Adapter:
@@ -144,7 +130,9 @@ def _indices(value, count: int, what: str) -> list[int] | None:
         raise AttendsegError(f"{what}s must be 'all', an index or a list of indices, got {value!r}")
     bad = [i for i in chosen if not -count <= i < count]
     if bad:
-        raise AttendsegError(f"{what}s {bad} out of range: the model has {count} {what}s")
+        shown = ", ".join(map(str, bad[:3])) + (f", … ({len(bad)} in all)" if len(bad) > 3 else "")
+        raise AttendsegError(f"{what}s {shown} out of range: the model has {count} {what}s, "
+                             f"{what} indices go from 0 to {count - 1} (or -{count} to -1 from the end)")
     return sorted({i % count for i in chosen})
 
 

@@ -11,18 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AttendsegError
+from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, resolve_model  # noqa: F401  (public here too)
 
-BUNDLED_MODEL = Path(__file__).parent / "data" / "shapes-llava"
+BUNDLED_MODEL = BUNDLED_MODELS[DEFAULT_MODEL]
 #: Overlays of the 64 px scenes are drawn at this magnification.
 ZOOM = 4
-
-
-def bundled_model() -> Path:
-    """Folder of the bundled demo model (a LLaVA trained on shapes-world captions only)."""
-    if not (BUNDLED_MODEL / "config.json").exists():
-        raise AttendsegError(f"the bundled demo model is missing from {BUNDLED_MODEL}; pass --model")
-    return BUNDLED_MODEL
 
 
 def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool = True) -> dict:
@@ -31,11 +24,11 @@ def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool 
     exact-match, point accuracy on the model's answers and with the true captions teacher-forced,
     and the mean IoU of the masks of named objects."""
     from . import shapes, viz
-    from .batch import atomic_save_image
+    from .files import atomic_save_image, atomic_write_text
     from .grounder import Grounder
     from .shapes_eval import SHAPE_PHRASES, named_object, point_hits
 
-    model = model or bundled_model()
+    model = resolve_model(model)
     grounder = Grounder.from_pretrained(model, refiner=refiner, phrases=SHAPE_PHRASES)
     settings = grounder.settings
     scenes = [shapes.make_scene(seed) for seed in shapes.DEMO_SEEDS]
@@ -58,7 +51,7 @@ def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool 
             if k is not None:
                 inter = np.logical_and(phrase.mask, scene.masks[k]).sum()
                 ious.append(inter / max(np.logical_or(phrase.mask, scene.masks[k]).sum(), 1))
-        picture = viz.overlay(*viz.zoom(scene.image, grounding, ZOOM))
+        picture = viz.overlay(*viz.zoom(scene.image, shapes.readable(grounding), ZOOM))
         atomic_save_image(picture, out / f"scene_{scene.seed}.png")
         sheet.append(picture)
     metrics = {
@@ -68,5 +61,5 @@ def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool 
         "mean_iou_of_named_objects": float(np.mean(ious)) if ious else 0.0,
     }
     atomic_save_image(viz.contact_sheet(sheet, ncols=6), out / "contact_sheet.png")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     return metrics

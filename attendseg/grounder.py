@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .attender import Attender, load
+from .bundled import BUNDLED_MODELS, resolve_model
 from .errors import AttendsegError
 from .images import load_image
 from .maps import VIEW_CHOICES, trace_image_map
@@ -36,8 +37,12 @@ from .trace import Trace
 
 DEFAULT_PROMPT = "Describe the image in detail."
 
-#: Checkpoint folders may carry this file with measured defaults for :class:`Settings` fields.
+#: Checkpoint folders may carry this file: ``"settings"`` (measured defaults for :class:`Settings`
+#: fields) and ``"defaults"`` (``"prompt"``, ``"phrases"``: what a model trained on one kind of
+#: prompt and vocabulary should be asked, and which words to ground).
 SETTINGS_FILE = "attendseg.json"
+#: Keys of ``"defaults"`` that are read.
+DEFAULT_KEYS = ("prompt", "phrases")
 
 
 @dataclass(frozen=True)
@@ -77,13 +82,34 @@ class Settings:
             raise AttendsegError("points and instances must be ≥ 1")
 
 
+def _settings_file(model) -> dict:
+    path = Path(str(model)).expanduser() / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def checkpoint_settings(model) -> dict:
     """Measured defaults shipped in a local checkpoint folder's ``attendseg.json`` (or {})."""
-    path = Path(str(model)).expanduser() / SETTINGS_FILE
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return {k: v for k, v in data.get("settings", {}).items() if k in Settings.__dataclass_fields__}
+    data = _settings_file(model).get("settings", {})
+    return {k: v for k, v in data.items() if k in Settings.__dataclass_fields__}
+
+
+def checkpoint_defaults(model) -> dict:
+    """The prompt and phrase spec a local checkpoint folder's ``attendseg.json`` asks for (or {}).
+
+    The bundled shapes-world model carries its own: it was trained only on "list the objects
+    from … to …." prompts and a 41-word vocabulary, and asked anything else it can loop until
+    the token limit."""
+    data = _settings_file(model).get("defaults", {})
+    return {k: v for k, v in data.items() if k in DEFAULT_KEYS}
+
+
+def hit_token_limit(attender: Attender, trace: Trace, max_new_tokens: int) -> bool:
+    """Whether a generated answer was cut at ``max_new_tokens`` instead of ending by itself."""
+    if trace.mode != "generate" or len(trace) < max_new_tokens:
+        return False
+    eos = attender.model.generation_config.eos_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos or [])
+    return int(trace.token_ids[-1]) not in eos
 
 
 class Grounder:
@@ -95,35 +121,42 @@ class Grounder:
         phrases: a phrase extractor (:func:`attendseg.phrases.make_phrase_extractor`).
         settings: map/prompt settings.
         keep_heatmaps: keep each phrase's ``[H, W]`` map in the result.
+        prompt: what :meth:`ground` asks when no prompt is given (default :data:`DEFAULT_PROMPT`).
     """
 
     def __init__(self, attender: Attender, refiner, phrases, settings: Settings | None = None,
-                 keep_heatmaps: bool = False):
+                 keep_heatmaps: bool = False, prompt: str = DEFAULT_PROMPT):
         self.attender = attender
         self.refiner = refiner
         self.phrases = phrases
         self.settings = settings or Settings()
         self.keep_heatmaps = keep_heatmaps
+        self.prompt = prompt
 
     @classmethod
     def from_pretrained(cls, model, refiner: str = "superpixel", sam_model: str | None = None,
-                        phrases="auto", device=None, dtype=None, keep_heatmaps: bool = False,
+                        phrases=None, device=None, dtype=None, keep_heatmaps: bool = False,
                         refiner_options: dict | None = None, model_options: dict | None = None,
                         **settings) -> "Grounder":
         """Load a model and build the pipeline.
 
         Args:
-            model: hub id or folder of a supported LMM, or an already loaded
+            model: hub id or folder of a supported LMM, a bundled model's short name
+                (``"shapes-llava"``), or an already loaded
                 :class:`~attendseg.attender.Attender` (not loaded again).
             refiner: ``"superpixel"`` (default; weight-free), ``"sam"`` or ``"threshold"``.
             sam_model: SAM hub id or folder (``refiner="sam"``; default ``facebook/sam-vit-huge``).
-            phrases: ``"auto"`` | ``"simple"`` | ``"spacy:NAME_OR_PATH"`` | ``"vocab:a,b"`` | a list.
+            phrases: ``"auto"`` | ``"simple"`` | ``"spacy:NAME_OR_PATH"`` | ``"vocab:a,b"`` | a list
+                (default: the checkpoint's ``attendseg.json`` ``defaults``, else ``"auto"``).
             model_options: passed to :func:`attendseg.load` (e.g. DiffLMM's ``base=``).
             settings: :class:`Settings` fields; unset fields come from the checkpoint's
                 ``attendseg.json`` when it has one, else the paper's defaults.
         """
+        # the folder that may hold the checkpoint's attendseg.json
         source = model.model_id if isinstance(model, Attender) else model
-        merged = {**checkpoint_settings(source), **settings}
+        folder = resolve_model(source) if source in BUNDLED_MODELS or not isinstance(model, Attender) else source
+        merged = {**checkpoint_settings(folder), **settings}
+        defaults = checkpoint_defaults(folder)
         config = Settings(**merged)  # validate before the (slow) model load
         options = dict(refiner_options or {})
         if refiner == "sam":
@@ -133,30 +166,36 @@ class Grounder:
         elif sam_model:
             raise AttendsegError("--sam-model is only used with the sam refiner")
         refiner_obj = make_refiner(refiner, **options)
-        extractor = make_phrase_extractor(phrases)
+        extractor = make_phrase_extractor(defaults.get("phrases", "auto") if phrases is None else phrases)
         attender = model if isinstance(model, Attender) else load(model, device=device, dtype=dtype,
                                                                      **(model_options or {}))
-        return cls(attender, refiner_obj, extractor, config, keep_heatmaps)
+        return cls(attender, refiner_obj, extractor, config, keep_heatmaps,
+                   prompt=defaults.get("prompt", DEFAULT_PROMPT))
 
     # ----------------------------------------------------------------------------- public
-    def ground(self, images, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 256,
+    def ground(self, images, prompt: str | None = None, max_new_tokens: int = 256,
                batch_size: int | None = None, progress: bool = False):
         """Generate an answer for each image and ground its phrases.
 
+        ``prompt`` defaults to :attr:`prompt` (the checkpoint's, else :data:`DEFAULT_PROMPT`).
+
         Returns:
-            a :class:`Grounding` for one image, a list of them for a list.
+            a :class:`Grounding` for one image, a list of them for a list. An answer that stopped
+            at ``max_new_tokens`` instead of ending has ``meta["hit_token_limit"] = True``.
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         started = time.perf_counter()
-        traces = self.attender.attend(items, prompt, max_new_tokens=max_new_tokens,
+        traces = self.attender.attend(items, prompt or self.prompt, max_new_tokens=max_new_tokens,
                                       layers=self.settings.layers, heads=self.settings.heads,
                                       batch_size=batch_size, progress=progress)
         seconds = (time.perf_counter() - started) / len(items)
-        out = [self.ground_trace(t, image, attend_seconds=seconds) for t, image in zip(traces, items)]
+        out = [self.ground_trace(t, image, attend_seconds=seconds,
+                                 hit_token_limit=hit_token_limit(self.attender, t, max_new_tokens))
+               for t, image in zip(traces, items)]
         return out[0] if single else out
 
-    def ground_text(self, images, text, prompt: str = DEFAULT_PROMPT,
+    def ground_text(self, images, text, prompt: str | None = None,
                     batch_size: int | None = None):
         """Ground a given text (a caption, a referring expression) by teacher forcing.
 
@@ -164,7 +203,7 @@ class Grounder:
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        traces = self.attender.attend_text(items, prompt, text, layers=self.settings.layers,
+        traces = self.attender.attend_text(items, prompt or self.prompt, text, layers=self.settings.layers,
                                            heads=self.settings.heads, batch_size=batch_size)
         out = [self.ground_trace(t, image) for t, image in zip(traces, items)]
         return out[0] if single else out
@@ -214,4 +253,4 @@ class Grounder:
     def with_settings(self, **changes) -> "Grounder":
         """A grounder sharing this one's model and refiner, with some settings changed."""
         return Grounder(self.attender, self.refiner, self.phrases, replace(self.settings, **changes),
-                        self.keep_heatmaps)
+                        self.keep_heatmaps, self.prompt)

@@ -593,6 +593,21 @@ _SPEC_HELP = (
 )
 
 
+def check_phrase_spec(spec: str) -> None:
+    """Raise :class:`AttendsegError` for a string spec :func:`make_phrase_extractor` cannot read.
+
+    Cheap (imports nothing), so the CLI checks ``--phrases`` before loading anything."""
+    kind, sep, arg = str(spec).strip().partition(":")
+    kind = kind.strip().lower()
+    if (kind in ("auto", "simple") and not sep) or kind == "spacy":
+        return
+    if kind in ("vocab", "vocabulary", "words"):
+        if any(w.strip() for w in arg.split(",")):
+            return
+        raise AttendsegError(f"phrase spec {spec!r} names no words; use e.g. vocab:dog,cat")
+    raise AttendsegError(f"unknown phrase extractor {spec!r}; use {_SPEC_HELP}")
+
+
 def make_phrase_extractor(spec: Any = "auto", *, filter_nonvisual: bool = True) -> PhraseExtractor:
     """An extractor from a spec (for the facade and the CLI).
 

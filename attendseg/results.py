@@ -42,7 +42,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,9 @@ import numpy as np
 
 from . import rle as _rle
 from .errors import AttendsegError
+from .files import atomic_save_image, atomic_write_text
 
-__all__ = ["GroundedPhrase", "Grounding", "SCHEMA", "SCHEMA_VERSION", "atomic_write_bytes"]
+__all__ = ["GroundedPhrase", "Grounding", "SCHEMA", "SCHEMA_VERSION"]
 
 SCHEMA = "attendseg.grounding"
 SCHEMA_VERSION = 1
@@ -262,11 +262,9 @@ class Grounding:
         )
 
     def save_json(self, path: str | os.PathLike, include_heatmaps: bool = False, indent: int | None = 1) -> Path:
-        """Write the JSON atomically (a temporary file in the same folder, then ``os.replace``)."""
+        """Write the JSON atomically, with the normal file mode (:mod:`attendseg.files`)."""
         text = json.dumps(self.to_json(include_heatmaps), indent=indent, allow_nan=False)
-        path = Path(path)
-        atomic_write_bytes(path, (text + "\n").encode("utf-8"))
-        return path
+        return atomic_write_text(path, text + "\n")
 
     @classmethod
     def load_json(cls, path: str | os.PathLike) -> "Grounding":
@@ -296,7 +294,7 @@ class Grounding:
                 continue
             path = folder / f"{i:02d}_{slugify(p.text)}.png"
             img = Image.fromarray(p.mask.astype(np.uint8) * 255)  # mode "L"
-            _atomic_save_image(img, path)
+            atomic_save_image(img, path)
             written.append(path)
         return written
 
@@ -334,33 +332,6 @@ def slugify(text: str, max_len: int = 40) -> str:
     """A file-name-safe lowercase slug: ``"A red Cat!"`` → ``"a-red-cat"`` (``"phrase"`` if empty)."""
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].strip("-")
     return s or "phrase"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling file and ``os.replace`` (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _atomic_save_image(img, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _float_or_none(v) -> float | None:

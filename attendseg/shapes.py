@@ -35,11 +35,16 @@ Seeds (``numpy.random.default_rng(seed)``; a scene is a pure function of seed an
   :data:`DEMO_SEEDS` (inside the held-out range, disjoint from set 0).
 * layer/normalisation choices are made on training-range seeds (``TUNE_SEEDS``), never on the
   held-out ones.
+
+Articles: captions say "a orange star", as the bundled model was trained to write them (its
+41-word vocabulary has no "an", and caption exact-match is scored against these captions).
+Pictures for people go through :func:`readable`, which writes "an orange star".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -333,3 +338,23 @@ def make_scene(
     return Scene(seed=int(seed), image=image, background=background, masks=masks,
                  objects=objects, order=order, prompt=prompt, caption=caption,
                  meta={"background": bg_kind})
+
+
+_A_BEFORE_VOWEL = re.compile(r"\b([Aa])(?= [aeiouAEIOU])")
+
+
+def readable(grounding):
+    """A copy of a shapes-world :class:`~attendseg.results.Grounding` for display: "a orange" →
+    "an orange" in its answer, each phrase's character span moved to match. Masks, points and
+    scores are shared, not copied. Results on disk keep the model's own words."""
+    inserts = [m.end() for m in _A_BEFORE_VOWEL.finditer(grounding.answer)]  # where an "n" goes
+    if not inserts:
+        return grounding
+    answer = _A_BEFORE_VOWEL.sub(r"\1n", grounding.answer)
+
+    def moved(i: int) -> int:
+        return i + sum(q < i for q in inserts)
+
+    phrases = [replace(p, span=(moved(p.span[0]), moved(p.span[1])), text=answer[moved(p.span[0]):moved(p.span[1])])
+               for p in grounding.phrases]
+    return replace(grounding, answer=answer, phrases=phrases)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import shapes
+from .bundled import resolve_model
 from .attender import Attender, load
 from .grounder import Grounder, Settings, checkpoint_settings
 from .maps import peaks, trace_image_map
@@ -170,6 +171,7 @@ def evaluate_shapes(model: str, refiners=("superpixel", "threshold"), n: int = 5
     Returns:
         ``{"model": {...}, "untrained": {...}, "random_point": float, "settings": {...}}``.
     """
+    model = resolve_model(model)
     config = Settings(**{**checkpoint_settings(model), **settings})
     refiner_objs = {name: make_refiner(name, **({"model": sam_model} if name == "sam" and sam_model else {}))
                     for name in refiners}

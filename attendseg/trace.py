@@ -61,6 +61,20 @@ class Trace:
     def __len__(self) -> int:
         return self.token_ids.shape[0]
 
+    def __repr__(self) -> str:
+        """One line: sizes and what was kept, never the tensors."""
+        def kept(values, separate):
+            values = list(values)
+            span = f"{values[0]}–{values[-1]}" if values == list(range(values[0], values[-1] + 1)) and \
+                len(values) > 2 else ",".join(map(str, values))
+            return f"{span} ({'separate' if separate else 'averaged'})" if values else "none"
+
+        text = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        return (f"Trace({len(self)} tokens × {self.n_image_tokens} image tokens, maps "
+                f"{list(self.maps.shape)}, layers {kept(self.layers, self.per_layer)}, heads "
+                f"{kept(self.heads, self.per_head)}, mode={self.mode!r}, model={self.model_id!r}, "
+                f"text={text!r})")
+
     @property
     def n_image_tokens(self) -> int:
         return self.maps.shape[-1]
@@ -95,8 +109,10 @@ class Trace:
 
     # ----------------------------------------------------------------------------- saving
     def save(self, path: str | Path) -> Path:
-        """Write a ``.safetensors`` file: tensors plus all other fields as JSON metadata."""
-        from safetensors.torch import save_file
+        """Write a ``.safetensors`` file atomically: tensors plus all other fields as JSON metadata."""
+        from safetensors.torch import save
+
+        from .files import atomic_write_bytes
 
         path = Path(path)
         meta = {
@@ -119,11 +135,7 @@ class Trace:
             "offsets": self.offsets.contiguous(),
             "maps": self.maps.float().contiguous(),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"attendseg": json.dumps(meta)})
-        tmp.replace(path)
-        return path
+        return atomic_write_bytes(path, save(tensors, metadata={"attendseg": json.dumps(meta)}))
 
     @classmethod
     def load(cls, path: str | Path) -> "Trace":

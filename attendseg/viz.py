@@ -120,38 +120,54 @@ def _caption_segments(answer: str, spans: Sequence[tuple[int, int, int]]) -> lis
 
 
 def _layout(segs, width: int, fs: int, pad: int):
-    """Greedy word wrap. Returns lines of ``(x, text, phrase index or None)`` pieces."""
+    """Greedy word wrap. Returns lines of ``(x, text, phrase index or None)`` pieces.
+
+    Text that touches (no space between) wraps as one word even across phrase boundaries, so a
+    line never starts with the comma or full stop after a phrase."""
+    pieces = [(tok, idx) for text, idx in segs for tok in re.findall(r"\s+|\S+", text)]
+    units: list[list[tuple[str, int | None]]] = []  # whitespace runs and glued non-space pieces
+    for tok, idx in pieces:
+        if not tok.isspace() and units and not units[-1][-1][0].isspace():
+            units[-1].append((tok, idx))
+        else:
+            units.append([(tok, idx)])
     lines: list[list[tuple[int, str, int | None]]] = [[]]
     x = pad
     right = width - pad
-    for text, idx in segs:
-        font = _font(fs, bold=idx is not None)
-        for tok in re.findall(r"\s+|\S+", text):
-            if tok.isspace():
-                for _ in range(tok.count("\n")):
-                    lines.append([])
-                    x = pad
-                if x > pad and "\n" not in tok:
-                    if idx is not None:  # a space inside a phrase: keep its underline continuous
-                        lines[-1].append((x, " ", idx))
-                    x += int(round(font.getlength(" ")))
-                continue
+    for unit in units:
+        tok, idx = unit[0]
+        if tok.isspace():
+            font = _font(fs, bold=idx is not None)
+            for _ in range(tok.count("\n")):
+                lines.append([])
+                x = pad
+            if x > pad and "\n" not in tok:
+                if idx is not None:  # a space inside a phrase: keep its underline continuous
+                    lines[-1].append((x, " ", idx))
+                x += int(round(font.getlength(" ")))
+            continue
+        w = sum(_font(fs, bold=i is not None).getlength(t) for t, i in unit)
+        if x + w > right and x > pad:  # wrap the whole word, then place it on a fresh line
+            if lines[-1] and lines[-1][-1][1] == " ":
+                lines[-1].pop()  # no dangling underlined space at the line's end
+            lines.append([])
+            x = pad
+        for tok, idx in unit:
+            font = _font(fs, bold=idx is not None)
             while tok:
                 w = font.getlength(tok)
-                if x + w <= right:
+                if x + w <= right or x == pad and len(tok) == 1:
                     lines[-1].append((x, tok, idx))
                     x += int(math.ceil(w))
                     break
-                if x > pad:  # wrap, then retry on a fresh line
-                    if lines[-1] and lines[-1][-1][1] == " ":
-                        lines[-1].pop()  # no dangling underlined space at the line's end
+                # wider than what is left of a line: cut it
+                n = max(1, len(tok) - 1)
+                while n > 1 and font.getlength(tok[:n]) > right - x:
+                    n -= 1
+                if x > pad and font.getlength(tok[:n]) > right - x:
                     lines.append([])
                     x = pad
                     continue
-                # a word wider than a whole line: cut it
-                n = max(1, len(tok) - 1)
-                while n > 1 and font.getlength(tok[:n]) > right - pad:
-                    n -= 1
                 lines[-1].append((x, tok[:n], idx))
                 tok = tok[n:]
                 lines.append([])
@@ -201,7 +217,7 @@ def overlay(
     image,
     grounding: Grounding,
     *,
-    alpha: float = 0.45,
+    alpha: float = 0.2,
     outline: bool = True,
     points: bool = True,
     caption: bool = True,
@@ -219,7 +235,7 @@ def overlay(
     if (w, h) != tuple(grounding.image_size):
         raise ValueError(f"image is {w}x{h} but the grounding is for {grounding.image_size[0]}x{grounding.image_size[1]}")
     out = img.astype(np.float32)
-    edge_t = max(1, int(round(min(h, w) / 250)))
+    edge_t = max(2, int(round(min(h, w) / 200)))
     edges = []
     for i, p in enumerate(grounding.phrases):
         if p.mask is None or not p.mask.any():

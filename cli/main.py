@@ -2,6 +2,8 @@
 
 User mistakes (a missing model, a bad option value) print one ``error:`` line and exit with
 status 2; images that cannot be read are listed in the run's summary, and the run goes on.
+Arguments are checked before torch, transformers or spaCy are imported, so a typo costs well
+under a second. Ctrl-C prints what was done and exits with status 130.
 """
 
 from __future__ import annotations
@@ -21,12 +23,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags without a '<bool>' metavar, no cut-off text
 )
-eval_app = typer.Typer(help="Measure grounding quality.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure grounding quality.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(eval_app, name="eval")
 
-MODEL_HELP = "Hub id or folder of a supported model (default: the bundled shapes-world demo model)."
-BASE_HELP = "DiffLMM only: the base LLM the released LoRA adapter applies to (e.g. lmsys/vicuna-7b-v1.5)."
+MODEL_HELP = ("Hub id or folder of a supported model, or a bundled model's short name "
+              "(default: shapes-llava, the bundled shapes-world demo model).")
+BASE_HELP = "DiffLMM only: the base LLM under the released LoRA adapter, e.g. lmsys/vicuna-7b-v1.5."
+PROMPT_HELP = "What the model is asked (default: the model's own, else 'Describe the image in detail.')."
+LAYERS_HELP = "Layers whose attention is used: all, or e.g. 0,1,5 or 10-20 (default: the model's, else all)."
+HEADS_HELP = "Heads whose attention is used: all, or e.g. 0,3 or 0-7 (default: all)."
+BATCH_HELP = "Images per model call."
+TOKENS_HELP = "Longest answer, in tokens (an answer cut at this limit is flagged in the summary)."
+DEVICE_HELP = "cpu | cuda | cuda:N (default: cuda when available)."
+DTYPE_HELP = "float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."
+OVERWRITE_HELP = ("Redo images whose output already exists (needed when they were made with other "
+                  "settings).")
+QUIET_HELP = "No progress bar."
 
 
 def _fail(message: str, code: int = 2):
@@ -43,11 +57,42 @@ def _quiet_transformers():
 
 
 def _model(model: Optional[str]) -> str:
-    if model:
-        return model
-    from attendseg.demo import bundled_model
+    from attendseg.bundled import resolve_model
 
-    return str(bundled_model())
+    return resolve_model(model)
+
+
+def _model_record(model: Optional[str]) -> str:
+    """How a result names its model: a bundled short name, an absolute folder, or a hub id."""
+    from attendseg.bundled import DEFAULT_MODEL, BUNDLED_MODELS
+
+    if model is None or (model in BUNDLED_MODELS and not Path(model).exists()):
+        return model or DEFAULT_MODEL
+    return str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else model
+
+
+def _check_inputs(paths: List[Path]):
+    """Every input path must exist (a typo is not 'no images found')."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        _fail(f"{', '.join(missing)}: no such file or folder")
+
+
+def _check_refiner(refiner: str):
+    from attendseg.refiners import available_refiners
+
+    if refiner not in available_refiners():
+        _fail(f"unknown --refiner {refiner!r}; choose one of {', '.join(available_refiners())}")
+
+
+def _check_stale(jobs, out: Path, done_suffix: str, record: dict, overwrite: bool):
+    """Stop before the model loads when finished outputs were made with other settings."""
+    from attendseg.batch import describe_stale, stale_outputs
+
+    stale = stale_outputs(jobs, out, done_suffix, record)
+    if stale and not overwrite:
+        _fail(describe_stale(stale))
+    return stale
 
 
 def _model_options(base: Optional[str]) -> dict:
@@ -69,6 +114,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def _output_folder(out: Path, paths: List[Path]) -> Path:
+    _check_inputs(paths)
     out = out.expanduser()
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} exists and is not a folder")
@@ -83,9 +129,15 @@ def _output_folder(out: Path, paths: List[Path]) -> Path:
 def _print_summary(summary, out: Path):
     for line in summary.lines():
         typer.echo(line)
-    typer.echo(f"outputs in {out}")
+    typer.echo(f"outputs in {out}" if summary.written or summary.existing else f"nothing written to {out}")
+    if summary.interrupted is not None:
+        raise typer.Exit(130)
     if summary.failed and not (summary.written or summary.existing):
         raise typer.Exit(1)
+
+
+def _interrupted_before_run():
+    _fail("interrupted before any image was processed; nothing was written", 130)
 
 
 @app.command()
@@ -94,44 +146,74 @@ def ground(
     out: Path = typer.Option(Path("attendseg-out"), "--out", "-o", help="Output folder (mirrors the input tree)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
-    prompt: str = typer.Option("Describe the image in detail.", "--prompt", "-p", help="What the model is asked."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=PROMPT_HELP),
     text: Optional[str] = typer.Option(None, "--text", help="Ground this text instead of generating an answer."),
     refiner: str = typer.Option("superpixel", "--refiner", "-r", help="sam | superpixel | threshold."),
     sam_model: Optional[str] = typer.Option(None, "--sam-model", help="SAM hub id or folder (with --refiner sam; default facebook/sam-vit-huge)."),
     sam_choice: str = typer.Option("last", "--sam-choice", help="SAM mask: last | best-iou | whole | part | subpart."),
-    phrases: str = typer.Option("auto", "--phrases", help="auto | simple | spacy:NAME_OR_PATH | vocab:word,word."),
+    phrases: Optional[str] = typer.Option(None, "--phrases", help="auto | simple | spacy:NAME_OR_PATH | vocab:word,word (default: the model's, else auto)."),
     keep_nonvisual: bool = typer.Option(False, "--keep-nonvisual", help="Also ground pronouns and non-visual nouns."),
     overlays: bool = typer.Option(False, "--overlays", help="Also write an overlay PNG per image."),
     masks_png: bool = typer.Option(False, "--masks-png", help="Also write one PNG mask per phrase."),
-    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per model call."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest answer, in tokens."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help=LAYERS_HELP),
+    heads: Optional[str] = typer.Option(None, "--heads", help=HEADS_HELP),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help=BATCH_HELP),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help=TOKENS_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
     normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's, else mean)."),
     sinks: Optional[str] = typer.Option(None, "--sinks", help="none | corners | outliers."),
     views: Optional[str] = typer.Option(None, "--views", help="fused | base | tiles: which views of a multi-view model (LLaVA-NeXT, …) make the map (default fused)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose JSON already exists."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):
     """Ground every noun phrase of the model's answer: one JSON per image (masks as COCO RLE)."""
-    from attendseg import AttendsegError, Grounder, make_phrase_extractor, viz
-    from attendseg.batch import atomic_save_image, collect, run
+    from attendseg.batch import Summary, collect, run
+    from attendseg.errors import AttendsegError
+    from attendseg.phrases import check_phrase_spec
 
-    _quiet_transformers()
-    out = _output_folder(out, paths)
+    out = _output_folder(out, paths)  # cheap checks first: no torch, transformers or spaCy yet
+    _check_refiner(refiner)
     settings = {k: v for k, v in dict(normalisation=normalisation, sinks=sinks, views=views).items()
                 if v is not None}
     try:
+        model_name = _model(model)
+        if phrases is not None:
+            check_phrase_spec(phrases)
+        for name, spec in (("layers", layers), ("heads", heads)):
+            if spec is not None:
+                settings[name] = _parse_layers(spec, f"--{name}")
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
             _fail("no images found in " + ", ".join(map(str, paths)))
+    except AttendsegError as error:
+        _fail(str(error))
+
+    try:
+        from attendseg import Grounder, make_phrase_extractor, viz
+        from attendseg.files import atomic_save_image
+        from attendseg.grounder import DEFAULT_PROMPT, checkpoint_defaults
+
+        _quiet_transformers()
+        defaults = checkpoint_defaults(model_name)
+        prompt = prompt or defaults.get("prompt", DEFAULT_PROMPT)
+        phrases = phrases or defaults.get("phrases", "auto")
+        record = {"command": "ground", "model": _model_record(model), "base": base, "prompt": prompt,
+                  "text": text, "refiner": refiner, "sam_model": sam_model if refiner == "sam" else None,
+                  "sam_choice": sam_choice if refiner == "sam" else None, "phrases": phrases,
+                  "keep_nonvisual": keep_nonvisual, "max_new_tokens": None if text else max_new_tokens,
+                  "settings": settings}
+        stale = _check_stale(jobs, out, ".json", record, overwrite)
         options = {"choice": sam_choice} if refiner == "sam" else {}
-        grounder = Grounder.from_pretrained(_model(model), refiner=refiner, sam_model=sam_model,
+        grounder = Grounder.from_pretrained(model_name, refiner=refiner, sam_model=sam_model,
                                             phrases=make_phrase_extractor(phrases, filter_nonvisual=not keep_nonvisual),
                                             device=device, dtype=dtype, refiner_options=options,
                                             model_options=_model_options(base), **settings)
     except AttendsegError as error:
         _fail(str(error))
+    except KeyboardInterrupt:
+        _interrupted_before_run()
+    summary = Summary(ignored=ignored, stale=stale)
 
     def process(batch):
         images = [image for _, image in batch]
@@ -141,21 +223,21 @@ def ground(
             results = grounder.ground_text(images, text, prompt=prompt)
         for (job, image), grounding in zip(batch, results):
             grounding.image_path = str(job.source)
+            grounding.meta["run"] = record
+            if grounding.meta.get("hit_token_limit"):
+                summary.notes.append((job.source, f"the answer stopped at the {max_new_tokens}-token limit "
+                                                  "(--max-new-tokens) before it ended"))
             if overlays:
                 atomic_save_image(viz.overlay(image, grounding), job.output(out, ".overlay.png"))
             if masks_png:
                 folder = job.output(out, ".masks")
                 shutil.rmtree(folder, ignore_errors=True)  # no stale masks from an earlier run
                 grounding.save_masks_png(folder)
-            path = job.output(out, ".json")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            grounding.save_json(path)
+            grounding.save_json(job.output(out, ".json"))
         return sum(len(g.phrases) for g in results)
 
-    from attendseg.batch import Summary
-
     summary = run(jobs, out, process, done_suffix=".json", overwrite=overwrite, batch_size=batch_size,
-                  progress=not quiet, summary=Summary(ignored=ignored))
+                  progress=not quiet, summary=summary)
     _print_summary(summary, out)
 
 
@@ -165,37 +247,53 @@ def attend(
     out: Path = typer.Option(Path("attendseg-traces"), "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
-    prompt: str = typer.Option("Describe the image in detail.", "--prompt", "-p"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=PROMPT_HELP),
     text: Optional[str] = typer.Option(None, "--text", help="Teacher-force this text instead of generating."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Layers to record: all, or e.g. 0,1,5 or 10-20."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Keep each layer's map separately."),
     grid: bool = typer.Option(True, "--grid/--no-grid", help="Write a per-token heatmap grid PNG."),
-    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
-    device: Optional[str] = typer.Option(None, "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help=BATCH_HELP),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help=TOKENS_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):
     """Record attention only: one Trace (.safetensors) per image and a per-token heatmap grid."""
-    import attendseg
-    from attendseg import AttendsegError, viz
-    from attendseg.batch import Summary, atomic_save_image, collect, run
-    from attendseg.maps import to_image
+    from attendseg.batch import Summary, collect, run
+    from attendseg.errors import AttendsegError
 
-    _quiet_transformers()
-    out = _output_folder(out, paths)
+    out = _output_folder(out, paths)  # cheap checks first: no torch or transformers yet
     try:
+        model_name = _model(model)
         layer_list = _parse_layers(layers)
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
             _fail("no images found in " + ", ".join(map(str, paths)))
-        attender = attendseg.load(_model(model), device=device, dtype=dtype, **_model_options(base))
-        from attendseg.attender import _layer_list
+    except AttendsegError as error:
+        _fail(str(error))
 
+    try:
+        import attendseg
+        from attendseg import viz
+        from attendseg.attender import _layer_list
+        from attendseg.files import atomic_save_image
+        from attendseg.grounder import DEFAULT_PROMPT, checkpoint_defaults, hit_token_limit
+        from attendseg.maps import to_image
+
+        _quiet_transformers()
+        prompt = prompt or checkpoint_defaults(model_name).get("prompt", DEFAULT_PROMPT)
+        record = {"command": "attend", "model": _model_record(model), "base": base, "prompt": prompt,
+                  "text": text, "layers": layer_list, "per_layer": per_layer,
+                  "max_new_tokens": None if text else max_new_tokens}
+        stale = _check_stale(jobs, out, ".trace.safetensors", record, overwrite)
+        attender = attendseg.load(model_name, device=device, dtype=dtype, **_model_options(base))
         _layer_list(layer_list, attender.n_layers)  # a bad --layers fails once, before the run
     except AttendsegError as error:
         _fail(str(error))
+    except KeyboardInterrupt:
+        _interrupted_before_run()
+    summary = Summary(ignored=ignored, stale=stale, phrases=None)  # attend grounds nothing
 
     def process(batch):
         images = [image for _, image in batch]
@@ -205,6 +303,10 @@ def attend(
         else:
             traces = attender.attend_text(images, prompt, text, **options)
         for (job, image), trace in zip(batch, traces):
+            trace.meta["run"] = record
+            if hit_token_limit(attender, trace, max_new_tokens):
+                summary.notes.append((job.source, f"the answer stopped at the {max_new_tokens}-token limit "
+                                                  "(--max-new-tokens) before it ended"))
             if grid:
                 maps = [to_image(m, trace.views, trace.image_size) for m in trace.token_maps()]
                 atomic_save_image(viz.heatmap_grid(image, trace.tokens, maps), job.output(out, ".heatmaps.png"))
@@ -212,7 +314,7 @@ def attend(
         return 0
 
     summary = run(jobs, out, process, done_suffix=".trace.safetensors", overwrite=overwrite,
-                  batch_size=batch_size, progress=not quiet, summary=Summary(ignored=ignored))
+                  batch_size=batch_size, progress=not quiet, summary=summary)
     _print_summary(summary, out)
 
 
@@ -221,7 +323,7 @@ def demo(
     out: Path = typer.Option(Path("attendseg-demo"), "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     refiner: str = typer.Option("superpixel", "--refiner", "-r", help="superpixel | threshold."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):
     """Ground the fixed demo scenes with the bundled model: overlays, a contact sheet, metrics."""
     from attendseg import AttendsegError
@@ -250,10 +352,10 @@ def eval_shapes(
     per_layer: bool = typer.Option(False, "--per-layer", help="Also report each layer's point accuracy."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Score an untrained copy and a random point."),
     normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's)."),
-    batch_size: int = typer.Option(25, "--batch-size", "-b", min=1),
-    device: Optional[str] = typer.Option(None, "--device"),
+    batch_size: int = typer.Option(25, "--batch-size", "-b", min=1, help=BATCH_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):
     """Grounding quality on held-out shapes-world scenes (never seen in training)."""
     import json
@@ -289,11 +391,17 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print the famili
         typer.echo(f"  views: {row['layout']}")
         for hub_id in row["hub_ids"]:
             typer.echo(f"  --model {hub_id}")
+    from attendseg.bundled import BUNDLED_MODELS, DEFAULT_MODEL
+
     typer.echo("Any local folder of these architectures works too (--model ./folder).")
+    typer.echo("Bundled (no download): " + ", ".join(
+        f"--model {name}" + (" (the default)" if name == DEFAULT_MODEL else "") for name in BUNDLED_MODELS))
 
 
-def _parse_layers(spec: Optional[str]):
-    from attendseg import AttendsegError
+def _parse_layers(spec: Optional[str], option: str = "--layers"):
+    """``all``/None → "all"; ``0,1,5`` / ``10-20`` → a list of indices (checked against the
+    model once it is loaded)."""
+    from attendseg.errors import AttendsegError
 
     if spec is None or spec == "all":
         return "all"
@@ -306,7 +414,7 @@ def _parse_layers(spec: Optional[str]):
             else:
                 layers.append(int(part))
     except ValueError:
-        raise AttendsegError(f"--layers: cannot read {spec!r} (use all, 0,1,5 or 10-20)") from None
+        raise AttendsegError(f"{option}: cannot read {spec!r} (use all, 0,1,5 or 10-20)") from None
     return layers
 
 

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from attendseg.devices import resolve_device, resolve_dtype
 from attendseg.errors import AttendsegError
 
 from .configuration_difflmm import SD15_SCHEDULER, DiffLMMConfig, DiffLMMVisionConfig
@@ -323,17 +324,6 @@ def _load_projector(projector: nn.Module, state: dict[str, torch.Tensor], source
 # --------------------------------------------------------------------------------------------
 # the loader
 # --------------------------------------------------------------------------------------------
-def _default_device_dtype(device, dtype):
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return device, dtype
-
-
 def _resolve_base(base: str | None, adapter_config: Mapping[str, Any]) -> str:
     if base is not None:
         return str(base)
@@ -445,7 +435,7 @@ def load_difflmm(
             ``mm_vision_tower`` of ``config.json``; the retired ``runwayml`` id maps to its mirror).
         clip: CLIP repo or folder (default: ``mm_vision_sd_clip``, else ViT-L/14-336).
         device: default CUDA when available, else CPU.
-        dtype: default float16 on CUDA, float32 on CPU.
+        dtype: default bfloat16 on CUDA (float16 without bf16 support), float32 on CPU.
         attn_implementation: passed to ``set_attn_implementation`` (a string or a per-sub-config
             dict such as ``{"text_config": "eager"}``); the CLIP inside the vision tower always
             runs sdpa.
@@ -470,7 +460,8 @@ def load_difflmm(
     from .processing import make_processor
 
     path = str(path)
-    device, dtype = _default_device_dtype(device, dtype)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     cfg = _read_json(_fetch(path, "config.json", what="DiffLMM checkpoint"))
     if not is_difflmm_checkpoint(cfg):
         raise AttendsegError(

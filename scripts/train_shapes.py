@@ -48,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attendseg import shapes  # noqa: E402
+from attendseg.files import atomic_write  # noqa: E402
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -466,10 +467,9 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
         if is_main:
             unwrapped = acc.unwrap_model(model)
             unwrapped.save_pretrained(model_dir)
-            tmp = state_path.with_suffix(".tmp")
-            torch.save({"model": unwrapped.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "elapsed": elapsed0 + time.time() - t_start, "args": vars(args)}, tmp)
-            tmp.replace(state_path)
+            state = {"model": unwrapped.state_dict(), "opt": opt.state_dict(), "step": step,
+                     "elapsed": elapsed0 + time.time() - t_start, "args": vars(args)}
+            atomic_write(state_path, lambda f: torch.save(state, f))
             log(f"saved step {step}")
 
     n_weights = None

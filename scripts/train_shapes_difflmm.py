@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attendseg import shapes  # noqa: E402
+from attendseg.files import atomic_write_text  # noqa: E402
 from train_shapes import Batcher, export, make_accelerator, parse_args as base_parse_args, train  # noqa: E402
 
 
@@ -271,11 +272,12 @@ def choose_settings(folder: Path, n: int = 200, batch: int = 25) -> dict:
     best = max(cand, key=cand.get)
     tag, layer = best.split("/")
     settings = {"layers": "all" if layer == "all" else [int(layer)], "normalisation": "none" if tag == "raw" else "mean"}
-    data = {"settings": settings,
+    old = json.loads((folder / "attendseg.json").read_text()) if (folder / "attendseg.json").exists() else {}
+    data = {**old, "settings": settings,
             "chosen_on": f"shapes.TUNE_SEEDS[:{n}] (training range), teacher-forced point accuracy "
                          "(attendseg's phrase maps, scripts/train_shapes_difflmm.py --choose-settings)",
             "candidates": cand}
-    (folder / "attendseg.json").write_text(json.dumps(data, indent=1) + "\n")
+    atomic_write_text(folder / "attendseg.json", json.dumps(data, indent=1) + "\n")
     print(json.dumps(data, indent=1))
     return data
 

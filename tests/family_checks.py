@@ -1,8 +1,11 @@
 """Checks every model family's tests share: the geometry probe, the CLI run, a broken checkpoint.
 
-Geometry probe: which original pixels does each image token see?
+Gradient geometry probe: which original pixels does each image token see? (A companion of
+``geometry_probe.py``, which carries coordinate summaries through hooks on the tower and the
+projector; this one needs only the vision encoder's layers, so pooling inside a projector, as in
+Gemma 3, runs as the model's own code.)
 
-An image whose pixels encode their own coordinates (red = x, green = y; sides ≤ 256 px) goes
+An image whose pixels encode their own coordinates (red = x, green = y; sides ≤ 255 px) goes
 through the family's real processor (resize, crops, tiles); the vision encoder's layers are made
 the identity (a forward hook), so every token the vision tower outputs depends on its own patch
 only; the model's own code then arranges the patches (pooling, pixel shuffle, tiles, thumbnail)
@@ -21,14 +24,6 @@ from PIL import Image
 
 class _Stop(Exception):
     pass
-
-
-def coordinate_image(width: int, height: int) -> Image.Image:
-    """An RGB image with red = column x, green = row y (both < 256), blue = 128."""
-    if width > 256 or height > 256:
-        raise ValueError("coordinates must fit in a byte")
-    ys, xs = np.mgrid[0:height, 0:width]
-    return Image.fromarray(np.stack([xs, ys, np.full_like(xs, 128)], -1).astype(np.uint8))
 
 
 def token_sources(adapter, encoder: torch.nn.Module, image: Image.Image, prompt: str = "describe the image"):
@@ -76,7 +71,7 @@ def token_sources(adapter, encoder: torch.nn.Module, image: Image.Image, prompt:
     return sources, prepared.views[0]
 
 
-def check_cells(sources, views, reach: float = 1.0) -> int:
+def check_sources(sources, views, reach: float = 1.0) -> int:
     """Every token's source pixels lie in its cell box (within ``reach`` original pixels), and
     fill it (the box of their centres is inset by at most half a processor pixel plus ``reach``).
     Returns the number of tokens checked (each view's cells, separators excluded)."""

@@ -56,6 +56,9 @@ def test_bad_layers_and_heads(attender):
         attender.attend(image, "describe", layers=[7])
     with pytest.raises(AttendsegError, match="heads .* out of range"):
         attender.attend(image, "describe", heads=[99])
+    with pytest.raises(AttendsegError, match=r"layers 2, 3, 4, … \(98 in all\) out of range: .* indices go "
+                                             r"from 0 to 1 \(or -2 to -1 from the end\)"):
+        attender.attend(image, "describe", layers=list(range(100)))  # the valid range, not 98 numbers
     with pytest.raises(AttendsegError, match="rows must be"):
         attender.attend_text(image, "describe", "a cat", rows="middle")
 

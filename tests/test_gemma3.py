@@ -14,7 +14,8 @@ import attendseg
 from attendseg import AttendsegError
 from conftest import WORDS
 from eager_reference import generation_maps, teacher_maps
-from family_checks import check_cells, cli_ground_masks, coordinate_image, token_sources, without_processor_files
+from family_checks import check_sources, cli_ground_masks, token_sources, without_processor_files
+from geometry_probe import coordinate_image
 
 PROMPTS = ["describe the image", "is there a red circle on the left of the blue square"]
 TEXTS = ["a red circle", "a blue square on the left of a large green star"]
@@ -106,12 +107,12 @@ def test_every_cell_sees_its_box(attender, width, height):
     sources, views = token_sources(attender.adapter, encoder, coordinate_image(width, height))
     n_crops = {(240, 80): 3, (80, 240): 3, (200, 150): 2, (120, 160): 2, (100, 100): 0}[(width, height)]
     assert len(views) == 1 + n_crops and len(sources) == 16 * (1 + n_crops)
-    assert check_cells(sources, views) == len(sources)
+    assert check_sources(sources, views) == len(sources)
     if n_crops:  # the probe can fail: crops in the wrong order see the wrong pixels
         swapped = [views[0], views[2].__class__(**{**views[2].to_dict(), "start": views[1].start}),
                    views[1].__class__(**{**views[1].to_dict(), "start": views[2].start})]
         with pytest.raises(AssertionError):
-            check_cells(sources, swapped)
+            check_sources(sources, swapped)
 
 
 @pytest.mark.parametrize("width, height", [(240, 80), (90, 200)])
@@ -123,7 +124,7 @@ def test_cells_pooled_like_the_released_models(tmp_path, width, height):
     assert attender.model.model.multi_modal_projector.kernel_size == 4
     sources, views = token_sources(attender.adapter, attender.model.model.vision_tower.encoder,
                                    coordinate_image(width, height))
-    assert len(views) > 1 and check_cells(sources, views) == len(sources)
+    assert len(views) > 1 and check_sources(sources, views) == len(sources)
 
 
 def test_vision_special_tokens_are_never_generated(attender, images):

@@ -12,7 +12,8 @@ import attendseg
 from attendseg import AttendsegError
 from conftest import WORDS
 from eager_reference import generation_maps, teacher_maps
-from family_checks import check_cells, cli_ground_masks, coordinate_image, token_sources, without_processor_files
+from family_checks import check_sources, cli_ground_masks, token_sources, without_processor_files
+from geometry_probe import coordinate_image
 
 PROMPTS = ["describe the image", "is there a red circle on the left of the blue square"]
 TEXTS = ["a red circle", "a blue square on the left of a large green star"]
@@ -94,7 +95,7 @@ def test_every_cell_sees_its_box(attender, width, height, tiles):
     encoder = attender.model.model.vision_tower.encoder
     sources, views = token_sources(attender.adapter, encoder, coordinate_image(width, height))
     assert len(views) == (tiles + 1 if tiles > 1 else 1) and len(sources) == 16 * len(views)
-    assert check_cells(sources, views) == len(sources)
+    assert check_sources(sources, views) == len(sources)
     # the probe can fail: the pixel-shuffled grid read column-major puts cells in the wrong boxes
     transposed = list(sources)
     for view in views:
@@ -103,7 +104,7 @@ def test_every_cell_sees_its_box(attender, width, height, tiles):
             for c in range(w):
                 transposed[view.start + r * w + c] = sources[view.start + c * w + r]
     with pytest.raises(AssertionError):
-        check_cells(transposed, views)
+        check_sources(transposed, views)
 
 
 def test_vision_special_tokens_are_never_generated(attender, images):

@@ -101,3 +101,22 @@ def test_eval_shapes_command_agrees_with_transformers_generate():
     n_layers = model.config.text_config.num_hidden_layers
     assert len(ours["per_layer_point_acc_tf"]) == 2 * n_layers
     assert 0 <= figures["random_point"] <= 1 and figures["untrained"]["caption_exact"] == 0
+
+
+def test_bundled_model_by_short_name_with_its_own_prompt_and_words(photos, capfd):
+    grounder = attendseg.Grounder.from_pretrained("shapes-llava", refiner="threshold")
+    assert "Loading weights" not in capfd.readouterr().err  # no progress bar on every load
+    assert attendseg.BUNDLED_MODELS["shapes-llava"] == bundled_model()
+    assert grounder.attender.model_id == "shapes-llava"  # results name it portably, not by its install path
+    assert grounder.prompt in {prompt for prompt, _ in shapes.ORDERS.values()}  # what it was trained on
+    g = grounder.ground(photos["chelsea"], max_new_tokens=48)  # a photo: far from its world
+    assert g.answer.startswith("from ") and g.meta["hit_token_limit"] is False
+    assert g.phrases and all(p.text in shapes.SHAPES for p in g.phrases)  # its words, not "a orange star"
+
+
+def test_trace_prints_in_one_short_line(model, scenes):
+    trace = model.attend_text(scenes[0].image, scenes[0].prompt, scenes[0].caption, layers=[1, 2], per_layer=True)
+    text = repr(trace)
+    assert "\n" not in text and len(text) < 300 and "tensor(" not in text
+    assert f"maps {list(trace.maps.shape)}" in text and "layers 1,2 (separate)" in text
+    assert "heads 0–3 (averaged)" in text

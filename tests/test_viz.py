@@ -133,3 +133,51 @@ def test_contact_sheet(photos):
     assert titled.size == (2 * cw + 3 * 8, 2 * (ch + 20) + 3 * 8)
     with pytest.raises(ValueError):
         viz.contact_sheet([], 2)
+
+
+def test_tint_keeps_the_colour_words_true():
+    """Inside a mask the object's own colour must still read as its name ("a green bar" is not
+    brown): for every shapes-world colour under every phrase colour, the tinted pixel's nearest
+    named colour is the object's."""
+    from attendseg import shapes
+
+    names = list(shapes.COLOURS)
+    named = np.array([shapes.COLOURS[n] for n in names], float)
+    for name, rgb in shapes.COLOURS.items():
+        img = np.tile(np.array(rgb, np.uint8), (40, 40, 1))
+        mask = np.zeros((40, 40), bool)
+        mask[10:30, 10:30] = True
+        for i in range(len(viz.PALETTE)):
+            phrases = [GroundedPhrase("x", (0, 1), "x", (0,), np.zeros((0, 2)), None, None, 0.0)] * i
+            phrases.append(GroundedPhrase("x", (0, 1), "x", (0,), np.zeros((0, 2)), mask, None, 0.9))
+            out = np.asarray(viz.overlay(img, Grounding((40, 40), "", "", "m", "r", phrases), caption=False))
+            tinted = out[20, 20].astype(float)
+            assert names[np.argmin(((named - tinted) ** 2).sum(1))] == name, (name, i, tinted)
+
+
+def test_wrapped_lines_never_start_with_punctuation():
+    answer = "from top to bottom, a green bar, an orange bar, a red square and a yellow bar."
+    spans = [(m.start(), m.end(), i) for i, m in enumerate(__import__("re").finditer(r"bar|square", answer))]
+    segs = viz._caption_segments(answer, spans)
+    for width in range(60, 420, 3):
+        lines = viz._layout(segs, width, 11, 4)
+        assert "".join(t for line in lines for _, t, _ in line).replace(" ", "") == answer.replace(" ", "")
+        starts = [line[0][1] for line in lines if line]
+        assert not any(s[0] in ",.;:" for s in starts), (width, starts)
+
+
+def test_readable_shapes_captions_say_an_orange():
+    from attendseg import shapes
+
+    answer = "from left to right, a orange star and a red circle."
+    star, circle = answer.index("a orange star"), answer.index("circle")
+    mask = np.ones((4, 4), bool)
+    g = Grounding((4, 4), answer, "", "m", "r", [
+        GroundedPhrase("a orange star", (star, star + 13), "star", (5,), np.zeros((0, 2)), mask, None, 0.9),
+        GroundedPhrase("circle", (circle, circle + 6), "circle", (9,), np.zeros((0, 2)), mask, None, 0.9)])
+    shown = shapes.readable(g)
+    assert shown.answer == "from left to right, an orange star and a red circle."
+    assert [shown.answer[slice(*p.span)] for p in shown.phrases] == ["an orange star", "circle"]
+    assert [p.text for p in shown.phrases] == ["an orange star", "circle"] and shown.phrases[0].mask is mask
+    assert g.answer == answer  # the result itself keeps the model's words
+    assert shapes.make_scene(shapes.DEMO_SEEDS[2]).caption.count("a orange") == 1  # what the model learnt

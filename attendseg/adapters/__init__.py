@@ -110,8 +110,8 @@ class Adapter(ABC):
         return getattr(self.processor, "image_token", None) or "<image>"
 
     def reserved_tokens(self) -> list[str]:
-        """Token strings a user must not write in a prompt or text: the processor places them
-        (default: :attr:`image_token`; families add their image-cell and marker tokens)."""
+        """Token texts a prompt or teacher-forced text must not contain (default: the image
+        placeholder); families add their vision markers."""
         return [self.image_token]
 
     def generation_defaults(self) -> dict:
@@ -153,8 +153,8 @@ class Adapter(ABC):
         for what, values in (("prompt", prompts), ("text", texts or [])):
             for token in self.reserved_tokens():
                 if any(token in v for v in values):
-                    raise AttendsegError(f"the {what} contains {token!r}: attendseg places the image "
-                                         f"itself; write the {what} without it")
+                    raise AttendsegError(f"the {what} contains {token!r}: attendseg places the image (and its "
+                                         f"markers) itself; write the {what} without it")
         batch = self.encode(images, [self.chat_prompt(p) for p in prompts])
         text_ids, text_offsets = [], []
         if texts is not None:
@@ -274,6 +274,9 @@ def load_processor(path: str):
             if cls is not None and "video_processor" in cls.get_attributes():
                 return without_video(cls).from_pretrained(path)
         return AutoProcessor.from_pretrained(path)
+    except ImportError as error:  # e.g. SmolVLM's processor needs num2words
+        raise AttendsegError(f"the processor of {path} needs a package that is not installed: "
+                             f"{str(error).splitlines()[0]}") from None
     except (OSError, ValueError, TypeError) as error:
         raise AttendsegError(f"could not load the processor of {path}: {str(error).splitlines()[0]} "
                              f"(a checkpoint needs its tokenizer and image processor files)") from None

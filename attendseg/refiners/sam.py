@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..devices import resolve_device, resolve_dtype
 from ..errors import AttendsegError
 from .base import MaskResult, Prompt, as_rgb
 
@@ -51,19 +52,6 @@ PAPER_SAM = "facebook/sam-vit-huge"
 #: the smallest official SAM, for CPU runs
 CPU_SAM = "facebook/sam-vit-base"
 CHOICES = ("last", "best-iou", "whole", "part", "subpart", "single")
-
-
-def _resolve_dtype(dtype):
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype or torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    try:
-        return names[str(dtype).replace("torch.", "")]
-    except KeyError:
-        raise AttendsegError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16") from None
 
 
 def load_sam(model: str | Path, device=None, dtype=None):
@@ -86,12 +74,11 @@ def load_sam(model: str | Path, device=None, dtype=None):
             f"use e.g. {PAPER_SAM!r} or {CPU_SAM!r}"
         )
     try:
-        sam = SamModel.from_pretrained(name, dtype=_resolve_dtype(dtype))
+        sam = SamModel.from_pretrained(name, dtype=resolve_dtype(dtype or torch.float32))
         processor = SamProcessor.from_pretrained(name)
     except Exception as e:  # any failure to read a checkpoint is the user's to fix
         raise AttendsegError(f"cannot load SAM checkpoint {name!r}: {e}") from e
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return sam.to(device).eval(), processor
+    return sam.to(resolve_device(device)).eval(), processor
 
 
 class SamRefiner:
@@ -138,7 +125,7 @@ class SamRefiner:
                 raise AttendsegError("pass the SamProcessor along with a loaded SamModel")
             self.model, self.processor = model, processor
             if device is not None or dtype is not None:
-                self.model = self.model.to(device=device, dtype=_resolve_dtype(dtype) if dtype else None)
+                self.model = self.model.to(device=device, dtype=resolve_dtype(dtype) if dtype else None)
             self.model.eval()
             self.model_id = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
         self.device = next(self.model.parameters()).device
