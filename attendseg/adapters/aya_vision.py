@@ -20,6 +20,7 @@ from __future__ import annotations
 from ..errors import AttendsegError
 from ..views import View
 from . import Adapter, register_adapter
+from .got_ocr2 import tile_views
 from .idefics3 import image_runs, refuse_markers
 
 
@@ -51,8 +52,6 @@ class AyaVisionAdapter(Adapter):
     def row_views(self, batch, row, image) -> list[View]:
         """Tiles (``kind="tile"``, row-major on the canvas) then the thumbnail (``"global"``), or
         one view (``"image"``) when the processor made a single tile."""
-        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
-
         runs = image_runs(batch["input_ids"][row], self.image_token_id)
         tile_h, tile_w = batch["pixel_values"].shape[-2:]
         step = self.processor.patch_size  # the tower's patch × the pixel shuffle's factor
@@ -61,22 +60,7 @@ class AyaVisionAdapter(Adapter):
             raise AttendsegError(f"image-token runs of {[c for _, c in runs]} where {tile_h} px tiles give "
                                  f"{grid[0]}×{grid[1]}: unsupported processor or model settings")
         width, height = image.size
-        fy, fx = grid[0] * step / tile_h, grid[1] * step / tile_w  # share of a tile the grid covers
-        if len(runs) == 1:
-            return [View(start=0, grid=grid, box=(0, 0, width * fx, height * fy))]
-        processor = self.processor.image_processor
-        cols, rows = get_optimal_tiled_canvas((height, width), (tile_h, tile_w), processor.min_patches,
-                                              processor.max_patches)
-        if cols * rows + 1 != len(runs):
-            raise AttendsegError(f"{len(runs)} image-token runs, but the image processor's canvas for this image "
-                                 f"is {cols}×{rows} tiles + thumbnail: unsupported processor for {self.family}")
-        views = []
-        for i, (start, _) in enumerate(runs[:-1]):
-            r, c = divmod(i, cols)
-            x0, y0 = c * width / cols, r * height / rows
-            box = (x0, y0, x0 + fx * width / cols, y0 + fy * height / rows)
-            views.append(View(start=start, grid=grid, box=box, name=f"tile {r},{c}", kind="tile"))
-        views.append(View(start=runs[-1][0], grid=grid, box=(0, 0, width * fx, height * fy), name="global",
-                          kind="global"))
-        return views
+        cover = (grid[1] * step / tile_w, grid[0] * step / tile_h)  # share of a tile the grid covers
+        return tile_views(self.processor.image_processor, width, height, (tile_h, tile_w),
+                          [start for start, _ in runs], grid, cover, self.family)
 

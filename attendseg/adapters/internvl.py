@@ -15,6 +15,7 @@ from __future__ import annotations
 from ..errors import AttendsegError
 from ..views import View
 from . import Adapter, register_adapter
+from .got_ocr2 import tile_views
 
 
 @register_adapter
@@ -42,29 +43,17 @@ class InternVLAdapter(Adapter):
 
     def row_views(self, batch, row, image) -> list[View]:
         """The tiles (row-major) then the thumbnail, each a ``g × g`` grid; the number of tiles is
-        read from this row's image tokens, their arrangement from the image processor's own
-        ``get_optimal_tiled_canvas`` (checked against that number)."""
+        read from this row's image tokens, their arrangement from the image processor's own canvas
+        choice (:func:`~attendseg.adapters.got_ocr2.tile_views`, checked against that number)."""
         per_tile = self.processor.image_seq_length
         g = self.tile_grid()
         if g * g != per_tile:
             raise AttendsegError(f"the processor gives {per_tile} tokens per tile, the model {g}×{g}: "
                                  f"unsupported processor or model settings for the internvl adapter")
         n_tiles = int((batch["input_ids"][row] == self.image_token_id).sum()) // per_tile
-        width, height = image.size
-        if n_tiles == 1:  # crop_to_patches off, or a one-tile canvas: the whole image squashed
-            return [View(start=0, grid=(g, g), box=(0, 0, width, height), name="image", kind="image")]
-        cols, rows = self.tile_layout(width, height)
-        if cols * rows + 1 != n_tiles:
-            raise AttendsegError(f"the processor made {n_tiles} tiles of a {width}×{height} image where its "
-                                 f"settings give a {cols}×{rows} grid and a thumbnail: unsupported processor")
-        views = []
-        for i in range(cols * rows):
-            r, c = divmod(i, cols)
-            box = (c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows)
-            views.append(View(start=i * per_tile, grid=(g, g), box=box, name=f"tile {r},{c}", kind="tile"))
-        views.append(View(start=cols * rows * per_tile, grid=(g, g), box=(0, 0, width, height),
-                          name="thumbnail", kind="global"))
-        return views
+        starts = [i * per_tile for i in range(n_tiles)]
+        tile = tuple(batch["pixel_values"].shape[-2:])
+        return tile_views(self.processor.image_processor, *image.size, tile, starts, (g, g), family=self.family)
 
     def tile_grid(self) -> int:
         """Tokens per tile side: the vision patch grid's side times ``downsample_ratio``."""
@@ -73,14 +62,3 @@ class InternVLAdapter(Adapter):
         side = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
         patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
         return int(side // patch * config.downsample_ratio)
-
-    def tile_layout(self, width: int, height: int) -> tuple[int, int]:
-        """``(cols, rows)`` of the tile grid the image processor picks for a ``width × height``
-        image (its own function and settings)."""
-        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
-
-        image_processor = self.processor.image_processor
-        size = image_processor.size
-        tile = (size["height"], size["width"]) if isinstance(size, dict) else (size.height, size.width)
-        return get_optimal_tiled_canvas((height, width), tile, image_processor.min_patches,
-                                        image_processor.max_patches)
