@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -281,29 +282,39 @@ def capturing(wrapped: Callable) -> Callable:
     return capture_attention_forward
 
 
-def register(wrapped: str = WRAPPED) -> str:
+def register(wrapped: str = WRAPPED, function: Callable | None = None) -> str:
     """Register the capture function around the attention implementation ``wrapped`` (looked up
-    in transformers' registry, ``"sdpa"`` by default) and its mask function; idempotent.
+    in transformers' registry, ``"sdpa"`` by default, or the given ``function``) and its mask
+    function; idempotent.
 
     Returns the registered name: :data:`ATTENTION_NAME` for sdpa, ``"attendseg_<wrapped>"``
-    otherwise.
+    otherwise (``"attendseg_eager_<module>"`` for a modeling module's own eager function).
     """
     name = ATTENTION_NAME if wrapped == WRAPPED else f"{ATTENTION_NAME}_{wrapped}"
+    if function is not None:
+        name = f"{name}_{function.__module__}"
     if name not in AttentionInterface._global_mapping:
-        if wrapped not in AttentionInterface._global_mapping:
+        function = function or AttentionInterface._global_mapping.get(wrapped)
+        if function is None:
             raise ValueError(f"unknown attention implementation {wrapped!r}")
-        AttentionInterface.register(name, capturing(AttentionInterface._global_mapping[wrapped]))
+        AttentionInterface.register(name, capturing(function))
         AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[wrapped])
     return name
 
 
-def enable(language_model: torch.nn.Module, wrapped: str = WRAPPED) -> None:
+def enable(language_model: torch.nn.Module, wrapped: str | None = None) -> None:
     """Route a loaded language model's attention through the capture function.
 
     ``language_model`` is the text decoder (a ``PreTrainedModel`` such as ``LlamaModel``), so
-    vision towers keep their own attention implementation.
+    vision towers keep their own attention implementation. ``wrapped`` defaults to sdpa; a
+    decoder that cannot run sdpa (Gemma 2's logit soft-capping: PaliGemma 2) keeps its modeling
+    module's own ``eager_attention_forward``.
     """
-    language_model.set_attn_implementation(register(wrapped))
+    if wrapped is None and not getattr(language_model, "_supports_sdpa", True):
+        eager = sys.modules[type(language_model).__module__].eager_attention_forward
+        language_model.set_attn_implementation(register("eager", eager))
+        return
+    language_model.set_attn_implementation(register(wrapped or WRAPPED))
 
 
 @contextlib.contextmanager

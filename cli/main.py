@@ -482,7 +482,11 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print the famili
         typer.echo(f"  views: {row['layout']}")
         for hub_id in row["hub_ids"]:
             typer.echo(f"  --model {hub_id}")
+    from attendseg.bundled import BUNDLED_MODELS, DEFAULT_MODEL
+
     typer.echo("Any local folder of these architectures works too (--model ./folder).")
+    typer.echo("Bundled (no download): " + ", ".join(
+        f"--model {name}" + (" (the default)" if name == DEFAULT_MODEL else "") for name in BUNDLED_MODELS))
 
 
 def _parse_layers(spec: Optional[str], option: str = "--layers"):

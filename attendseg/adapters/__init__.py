@@ -295,6 +295,9 @@ def load_processor(path: str):
             if cls is not None and "video_processor" in cls.get_attributes():
                 return without_video(cls).from_pretrained(path)
         return AutoProcessor.from_pretrained(path)
+    except ImportError as error:  # e.g. SmolVLM's processor needs num2words
+        raise AttendsegError(f"the processor of {path} needs a package that is not installed: "
+                             f"{str(error).splitlines()[0]}") from None
     except (OSError, ValueError, TypeError) as error:
         raise AttendsegError(f"could not load the processor of {path}: {str(error).splitlines()[0]} "
                              f"(a checkpoint needs its tokenizer and image processor files)") from None

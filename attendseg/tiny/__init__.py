@@ -37,18 +37,25 @@ CHAT_TEMPLATE = (
 )
 
 
-def word_tokenizer(words: Iterable[str]):
+def word_tokenizer(words: Iterable[str], named: dict[str, str] | None = None, markers: Sequence[str] = ()):
     """A word-level fast tokenizer over ``SPECIAL_TOKENS + PUNCTUATION + words`` (lower-cased).
 
     Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<image>`` 4, then punctuation, then
     the words in first-seen order. Unknown words map to ``<unk>``.
+
+    A family's special tokens come after the words: ``named`` maps tokenizer attribute names to
+    tokens (``{"boi_token": "<start_of_image>"}`` gives ``tokenizer.boi_token`` and
+    ``tokenizer.boi_token_id``; ``"image_token"`` replaces ``<image>`` as the named image token),
+    ``markers`` are chat-template tokens (``<start_of_turn>``); both are never split.
     """
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *PUNCTUATION, *(w.lower() for w in words)):
+    named = {"image_token": "<image>", **(named or {})}
+    family = [*named.values(), *markers]
+    for token in (*SPECIAL_TOKENS, *PUNCTUATION, *(w.lower() for w in words), *family):
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
@@ -62,8 +69,10 @@ def word_tokenizer(words: Iterable[str]):
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=named,
     )
+    if markers:
+        tokenizer.add_tokens(list(markers), special_tokens=True)
     tokenizer.padding_side = "left"
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
