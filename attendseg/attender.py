@@ -10,6 +10,7 @@ trace.token_maps()        # [T, N]: per generated token, attention over the 576 
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -271,8 +272,6 @@ class Attender:
 
     def _run_from_prefix(self, image, prompt, prefix, cache, texts, rows, layers, heads, per_layer,
                          per_head) -> list[Trace]:
-        from transformers import DynamicCache
-
         device = self.model.device
         ids = prefix.inputs["input_ids"]
         past = ids.shape[1] - 1
@@ -291,9 +290,8 @@ class Attender:
             chunk_ids[b, start:] = torch.cat([ids[0, -1:].cpu(), text_ids])
             mask[b, past + start:] = 1
             positions[b, start:] = torch.arange(past, past + 1 + lengths[b]) + offset
-        layers_kv = [(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
-                     for layer in cache.layers]
-        chunk_cache = DynamicCache(ddp_cache_data=layers_kv)
+        chunk_cache = copy.deepcopy(cache)  # keeps each layer's kind (full, sliding window)
+        chunk_cache.batch_repeat_interleave(batch)
         n_rows, shift = width, int(rows == "predicting")
         recorder = capture.Recorder([prefix.key_index[0]] * batch, layers, heads, per_layer, per_head, n_rows, shift, past=past)
         with torch.inference_mode(), capture.recording(recorder):

@@ -43,22 +43,44 @@ def test_prefix_reuse_equals_recomputation_gqa_pad_to_square(tiny_llava_gqa_pad)
     check_equal(attender, photo(20, 60, 2), "describe the image", TEXTS, per_layer=True, per_head=True, batch_size=2)
 
 
-@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-def test_prefix_reuse_any_resolution_families(family, tmp_path):
-    """Tiles + base image (LLaVA-NeXT, OneVision) and M-RoPE positions (Qwen-VL: the texts'
-    positions continue the prefix's plus its rope delta) give the maps of recomputation."""
+FAMILIES = ["llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "aya_vision", "idefics3",
+            "smolvlm", "internvl", "gemma3", "paligemma"]
+#: Families that recompute image + prompt per text: Gemma 3's sliding-window layers would keep
+#: the batch's padding in their window; PaliGemma's prompt attends bidirectionally (prefix LM).
+RECOMPUTED = {"gemma3", "paligemma"}
+
+
+def build_family(family, folder):
+    from attendseg.tiny.aya_vision import build_aya_vision
+    from attendseg.tiny.gemma3 import build_gemma3
+    from attendseg.tiny.idefics3 import build_idefics3, build_smolvlm
+    from attendseg.tiny.internvl import build_internvl
     from attendseg.tiny.llava_next import build_llava_next, build_llava_onevision
+    from attendseg.tiny.paligemma import build_paligemma
     from attendseg.tiny.qwen_vl import build_qwen_vl
     from conftest import WORDS
 
-    if family == "llava_next":
-        folder = build_llava_next(tmp_path, WORDS, seed=0)
-    elif family == "llava_onevision":
-        folder = build_llava_onevision(tmp_path, WORDS, seed=2)
-    else:
-        folder = build_qwen_vl(tmp_path, WORDS, model_type=family, seed=0)
-    attender = attendseg.load(folder)
-    assert attender.adapter.shared_prefix
+    if family.startswith("qwen"):
+        return build_qwen_vl(folder, WORDS, model_type=family, seed=0)
+    gemma_text = {"num_hidden_layers": 3, "sliding_window": 24, "attn_logit_softcapping": 50.0,
+                  "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}
+    return {"llava_next": lambda: build_llava_next(folder, WORDS, seed=0),
+            "llava_onevision": lambda: build_llava_onevision(folder, WORDS, seed=2),
+            "aya_vision": lambda: build_aya_vision(folder, WORDS, seed=2),
+            "idefics3": lambda: build_idefics3(folder, WORDS, kv_heads=None, seed=0),
+            "smolvlm": lambda: build_smolvlm(folder, WORDS, tile=34, kv_heads=2, seed=1),
+            "internvl": lambda: build_internvl(folder, WORDS),
+            "gemma3": lambda: build_gemma3(folder, WORDS, text=gemma_text),
+            "paligemma": lambda: build_paligemma(folder, WORDS)}[family]()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_reuse_every_family(family, tmp_path):
+    """Tiles + base image (LLaVA-NeXT, OneVision, Idefics3 / SmolVLM, InternVL), M-RoPE positions
+    (Qwen-VL: the texts' positions continue the prefix's plus its rope delta), and the families
+    that recompute: the maps of recomputation either way."""
+    attender = attendseg.load(build_family(family, tmp_path))
+    assert attender.adapter.shared_prefix == (family not in RECOMPUTED)
     check_equal(attender, photo(40, 70), "describe the image", TEXTS[:3], per_layer=True, batch_size=2)
     if family.startswith("qwen"):
         assert attender.adapter.text_position_offset() != 0  # the offset is exercised

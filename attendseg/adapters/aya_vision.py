@@ -26,6 +26,7 @@ from .idefics3 import image_runs, refuse_markers
 
 @register_adapter
 class AyaVisionAdapter(Adapter):
+    shared_prefix = True
     family = "aya_vision"
     model_types = ("aya_vision",)
     model_class = "AyaVisionForConditionalGeneration"

@@ -38,6 +38,7 @@ MARKERS = (FAKE_TOKEN, GLOBAL_TOKEN, *(f"<row_{r}_col_{c}>" for r in range(1, 7)
 
 @register_adapter
 class Idefics3Adapter(Adapter):
+    shared_prefix = True
     family = "idefics3"
     model_types = ("idefics3",)
     model_class = "Idefics3ForConditionalGeneration"

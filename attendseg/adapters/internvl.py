@@ -20,6 +20,7 @@ from .got_ocr2 import tile_views
 
 @register_adapter
 class InternVLAdapter(Adapter):
+    shared_prefix = True
     family = "internvl"
     model_types = ("internvl",)
     model_class = "InternVLForConditionalGeneration"
