@@ -63,7 +63,12 @@ def load_sam(model: str | Path, device=None, dtype=None):
     import torch
     from transformers import AutoConfig, SamModel, SamProcessor
 
+    from ..hub import looks_local, resolve
+
     name = str(model)
+    if looks_local(name) and not Path(name).expanduser().is_dir():
+        raise AttendsegError(f"cannot load SAM checkpoint {name!r}: no such folder")
+    name = resolve(name, "SAM")  # a hub id fails within seconds when the hub is out of reach
     try:
         config = AutoConfig.from_pretrained(name)
     except Exception as e:  # any failure to read a checkpoint is the user's to fix
