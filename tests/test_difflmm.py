@@ -484,7 +484,7 @@ def test_image_token_added_to_a_vicuna_like_tokenizer():
     assert torch.allclose(head[image_id], old.mean(0), atol=1e-6)
 
 
-def test_attendseg_load_routes_the_released_layout(released, tiny_llava, tmp_path):
+def test_attendseg_load_routes_the_released_layout(tiny, released, tiny_llava, tmp_path):
     """What a user runs: attendseg.load and the CLI on the released folder + its base LLM."""
     import subprocess
     import sys
@@ -497,6 +497,12 @@ def test_attendseg_load_routes_the_released_layout(released, tiny_llava, tmp_pat
     assert trace.views[0].grid == (8, 8) and trace.maps.shape[-1] == 64
     with pytest.raises(attendseg.AttendsegError, match="not used by llava"):
         attendseg.load(tiny_llava, base="x")
+    # the original's fresh noise on every call, on request (what --fresh-noise passes)
+    fresh = attendseg.load(released["difflmm"], base=str(released["base"]), deterministic=False).adapter.model
+    pixels = tiny[1](images=photo(), text=chat(tiny[1]), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        first, second = (fresh.model.get_image_features(pixels).last_hidden_state for _ in range(2))
+    assert fresh.config.vision_config.deterministic is False and not torch.equal(first, second)
     # the CLI with all four parts as local folders under other names, the release recording
     # paths that do not exist here (as the real one records the authors' machine)
     copies = {name: tmp_path / f"my-{name}" for name in ("base", "sd", "clip")}
@@ -511,8 +517,8 @@ def test_attendseg_load_routes_the_released_layout(released, tiny_llava, tmp_pat
     photo().save(tmp_path / "p.png")
     run = subprocess.run([sys.executable, "-m", "attendseg.cli.main", "ground", str(tmp_path / "p.png"),
                           "--model", str(release), "--base", str(copies["base"]), "--sd", str(copies["sd"]),
-                          "--clip", str(copies["clip"]), "--text", "a red circle", "--out", str(tmp_path / "out"),
-                          "-q", "--phrases", "simple"], capture_output=True, text=True, timeout=300)
+                          "--clip", str(copies["clip"]), "--fresh-noise", "--text", "a red circle", "--out",
+                          str(tmp_path / "out"), "-q", "--phrases", "simple"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "out" / "p.png.json").read_text())["phrases"]
 
