@@ -12,9 +12,11 @@ the first chunk keeps its BOS, later chunks lose it, and the image tokens go bet
 Tokenizing the whole string with ``<image>`` as an added token differs for a SentencePiece Llama
 tokenizer: the chunk after an image starts a new text, so its dummy-prefix piece ``▁`` (id 29871
 in Vicuna, before the ``\n`` the chat format puts after ``<image>``) is kept, as in training.
-Known remaining difference from the original's slow SentencePiece tokenizer: a chunk that starts
-with a space (the DiffLMM chat format never makes one) gets one ``▁`` where SentencePiece gives
-two.
+Known remaining differences from the original's slow SentencePiece tokenizer, in text the DiffLMM
+chat format never makes: a chunk that starts with a space gets one ``▁`` where SentencePiece gives
+two; and with ``legacy`` absent from the tokenizer config (transformers 5 reads it as false, the
+slow tokenizer read it as true), text right after a special token written inside a chunk (a
+literal ``</s>``) loses its ``▁``.
 """
 
 from __future__ import annotations
