@@ -139,7 +139,7 @@ CLI_CHILD = r"""
 import json, sys, time
 import attendseg, transformers
 from transformers import AutoConfig
-import attendseg.encoders, attendseg.refiners.sam
+import attendseg.batch, attendseg.encoders, attendseg.phrases, attendseg.refiners.sam, attendseg.viz
 from attendseg.cli.main import app
 for args in json.loads(sys.argv[1]):
     start = time.perf_counter()
