@@ -100,6 +100,20 @@ def _check_stale(jobs, out: Path, done_suffix: str, record: dict, overwrite: boo
     return stale
 
 
+def _check_hub_ids(parts) -> None:
+    """Fail now, before torch and transformers load, when a part given by hub id is not cached
+    and the hub cannot be reached (:func:`attendseg.hub.resolve`; loading asks again, at once).
+
+    Args:
+        parts: ``(what, hub id or folder or None, key file)`` triples.
+    """
+    from attendseg.hub import resolve
+
+    for what, source, key in parts:
+        if source:
+            resolve(source, what, key)
+
+
 def _model_options(base: Optional[str], sd: Optional[str] = None, clip: Optional[str] = None,
                    fresh_noise: bool = False) -> dict:
     """DiffLMM's loader options, only those given (other models refuse any)."""
@@ -199,6 +213,11 @@ def ground(
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
             _fail("no images found in " + ", ".join(map(str, paths)))
+        from attendseg.refiners.sam import PAPER_SAM
+
+        _check_hub_ids([("model", model_name, "config.json"), ("base LLM", base, "config.json"),
+                        ("Stable Diffusion (SD)", sd, "unet/config.json"), ("CLIP", clip, "config.json"),
+                        ("SAM", (sam_model or PAPER_SAM) if refiner == "sam" else None, "config.json")])
     except AttendsegError as error:
         _fail(str(error))
 
@@ -287,6 +306,8 @@ def attend(
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
             _fail("no images found in " + ", ".join(map(str, paths)))
+        _check_hub_ids([("model", model_name, "config.json"), ("base LLM", base, "config.json"),
+                        ("Stable Diffusion (SD)", sd, "unet/config.json"), ("CLIP", clip, "config.json")])
     except AttendsegError as error:
         _fail(str(error))
 

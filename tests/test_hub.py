@@ -134,42 +134,37 @@ def test_offline_mode_fails_at_once_and_uses_the_cache(tmp_path, hub_release, ti
     assert "Retry" not in stderr
 
 
-#: Child process: CLI commands in-process after warming the imports, each timed alone.
-CLI_CHILD = r"""
-import json, sys, time
-import attendseg, transformers
-from transformers import AutoConfig
-import attendseg.batch, attendseg.encoders, attendseg.phrases, attendseg.refiners.sam, attendseg.viz
+#: Child process: one CLI command from a cold start; which heavy modules were imported by the end.
+CLI_COLD = r"""
+import json, sys
 from attendseg.cli.main import app
-for args in json.loads(sys.argv[1]):
-    start = time.perf_counter()
-    try:
-        app(args)
-    except SystemExit as exit:
-        print(json.dumps({"code": exit.code, "seconds": time.perf_counter() - start}), flush=True)
-    print("--- end of command", file=sys.stderr, flush=True)
+try:
+    app(json.loads(sys.argv[1]))
+except SystemExit as exit:
+    print(json.dumps({"code": exit.code, "imported": [m for m in ("torch", "transformers") if m in sys.modules]}))
 """
 
 
-def test_cli_unreachable_hub_is_one_line(tmp_path):
-    """``--model HUB_ID`` and ``--refiner sam`` (the default SAM id): exit 2 with one error line."""
+@pytest.mark.parametrize("command, piece", [
+    (["ground", "--model", PIECES["model"][0]], "model"),
+    (["ground", "--refiner", "sam"], "SAM"),
+    (["ground", "--model", "Shengcao1006/difflmm-llava-v1.5-7b-lora"], "model"),
+    (["attend", "--model", PIECES["model"][0]], "model"),
+])
+def test_cli_checks_hub_ids_before_loading_torch(tmp_path, command, piece):
+    """The CLI asks about hub ids with its other cheap checks: the error comes before torch and
+    transformers are even imported."""
     from PIL import Image
 
     Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
-    common = ["ground", str(tmp_path / "x.png"), "-q", "--out", str(tmp_path / "out"), "--phrases", "simple"]
-    commands = [common + ["--model", PIECES["model"][0]], common + ["--refiner", "sam"]]
+    args = [command[0], str(tmp_path / "x.png"), "-q", "--out", str(tmp_path / "out"), *command[1:]]
     env = child_env(tmp_path, HF_ENDPOINT=UNREACHABLE)
-    run = subprocess.run([sys.executable, "-c", CLI_CHILD, json.dumps(commands)], env=env, capture_output=True,
+    run = subprocess.run([sys.executable, "-c", CLI_COLD, json.dumps(args)], env=env, capture_output=True,
                          text=True, timeout=300)
-    results = list(map(json.loads, run.stdout.splitlines()))
-    errors = run.stderr.split("--- end of command\n")[:2]
-    assert len(results) == 2, run.stderr[-3000:]
-    for piece, result, stderr in zip(("model", "SAM"), results, errors):
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1, stderr
-        assert lines[0].startswith(f"error: {piece} {PIECES[piece][0]!r} is neither a local folder nor in the local cache")
-        assert "HF_HUB_OFFLINE=1" in lines[0]
-        assert result["code"] == 2 and result["seconds"] < 5
+    assert json.loads(run.stdout) == {"code": 2, "imported": []}, run.stderr
+    hub_id = args[args.index("--model") + 1] if "--model" in args else PIECES["SAM"][0]
+    assert run.stderr.startswith(f"error: {piece} {hub_id!r} is neither a local folder nor in the local cache")
+    assert len(run.stderr.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------ with a hub

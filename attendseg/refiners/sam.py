@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..devices import resolve_device, resolve_dtype
 from ..errors import AttendsegError
 from .base import MaskResult, Prompt, as_rgb
 
@@ -63,6 +62,7 @@ def load_sam(model: str | Path, device=None, dtype=None):
     import torch
     from transformers import AutoConfig, SamModel, SamProcessor
 
+    from ..devices import resolve_device, resolve_dtype
     from ..hub import looks_local, resolve
 
     name = str(model)
@@ -130,6 +130,8 @@ class SamRefiner:
                 raise AttendsegError("pass the SamProcessor along with a loaded SamModel")
             self.model, self.processor = model, processor
             if device is not None or dtype is not None:
+                from ..devices import resolve_dtype  # torch: imported only when a model is used
+
                 self.model = self.model.to(device=device, dtype=resolve_dtype(dtype) if dtype else None)
             self.model.eval()
             self.model_id = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
