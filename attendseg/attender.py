@@ -92,13 +92,14 @@ def _no_weight_loading_bar():
 
 
 def _load_adapter(name: str, device, dtype, options) -> Adapter:
+    from .hub import looks_local, resolve
+
     path = Path(name).expanduser()
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
-    if looks_local and not path.exists():
+    if looks_local(name) and not path.exists():
         raise AttendsegError(f"model folder not found: {name}")
     if path.is_dir() and not (path / "config.json").exists():
         raise AttendsegError(f"{name} is not a model checkpoint folder (no config.json)")
-    source = str(path) if path.exists() else name
+    source = str(path) if path.exists() else resolve(name, "model")  # hub id: fails fast offline
     config = _read_config(source, name)
     cls = adapter_for(config.get("model_type"), config.get("architectures"))
     return cls.load(source, dtype=dtype, device=device, **options)

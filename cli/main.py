@@ -35,7 +35,12 @@ shapes_app.add_typer(export_app, name="export")
 
 MODEL_HELP = ("Hub id or folder of a supported model, or a bundled model's short name "
               "(default: shapes-llava, the bundled shapes-world demo model).")
-BASE_HELP = "DiffLMM only: the base LLM under the released LoRA adapter, e.g. lmsys/vicuna-7b-v1.5."
+BASE_HELP = ("DiffLMM only: the base LLM under the released LoRA adapter, e.g. lmsys/vicuna-7b-v1.5 or a "
+             "local copy under any name (its config must match the release's).")
+SD_HELP = "DiffLMM only: hub id or folder of Stable Diffusion (unet/, vae/, scheduler/; default: the release's)."
+CLIP_HELP = "DiffLMM only: hub id or folder of the CLIP vision model (default: the release's)."
+FRESH_NOISE_HELP = ("DiffLMM only: fresh random noise and VAE sample on every call, as the original code "
+                    "(default: seeded, the same answer every run).")
 PROMPT_HELP = "What the model is asked (default: the model's own, else 'Describe the image in detail.')."
 LAYERS_HELP = "Layers whose attention is used: all, or e.g. 0,1,5 or 10-20 (default: the model's, else all)."
 HEADS_HELP = "Heads whose attention is used: all, or e.g. 0,3 or 0-7 (default: all)."
@@ -100,8 +105,27 @@ def _check_stale(jobs, out: Path, done_suffix: str, record: dict, overwrite: boo
     return stale
 
 
-def _model_options(base: Optional[str]) -> dict:
-    return {"base": base} if base else {}
+def _check_hub_ids(parts) -> None:
+    """Fail now, before torch and transformers load, when a part given by hub id is not cached
+    and the hub cannot be reached (:func:`attendseg.hub.resolve`; loading asks again, at once).
+
+    Args:
+        parts: ``(what, hub id or folder or None, key file)`` triples.
+    """
+    from attendseg.hub import resolve
+
+    for what, source, key in parts:
+        if source:
+            resolve(source, what, key)
+
+
+def _model_options(base: Optional[str], sd: Optional[str] = None, clip: Optional[str] = None,
+                   fresh_noise: bool = False) -> dict:
+    """DiffLMM's loader options, only those given (other models refuse any)."""
+    options = {k: v for k, v in dict(base=base, sd=sd, clip=clip).items() if v}
+    if fresh_noise:
+        options["deterministic"] = False
+    return options
 
 
 def _version(value: bool):
@@ -151,6 +175,9 @@ def ground(
     out: Path = typer.Option(Path("attendseg-out"), "--out", "-o", help="Output folder (mirrors the input tree)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
+    sd: Optional[str] = typer.Option(None, "--sd", help=SD_HELP),
+    clip: Optional[str] = typer.Option(None, "--clip", help=CLIP_HELP),
+    fresh_noise: bool = typer.Option(False, "--fresh-noise", help=FRESH_NOISE_HELP),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=PROMPT_HELP),
     text: Optional[str] = typer.Option(None, "--text", help="Ground this text instead of generating an answer."),
     refiner: str = typer.Option("superpixel", "--refiner", "-r", help="sam | superpixel | threshold."),
@@ -191,6 +218,11 @@ def ground(
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
             _fail("no images found in " + ", ".join(map(str, paths)))
+        from attendseg.refiners.sam import PAPER_SAM
+
+        _check_hub_ids([("model", model_name, "config.json"), ("base LLM", base, "config.json"),
+                        ("Stable Diffusion (SD)", sd, "unet/config.json"), ("CLIP", clip, "config.json"),
+                        ("SAM", (sam_model or PAPER_SAM) if refiner == "sam" else None, "config.json")])
     except AttendsegError as error:
         _fail(str(error))
 
@@ -203,7 +235,8 @@ def ground(
         defaults = checkpoint_defaults(model_name)
         prompt = prompt or defaults.get("prompt", DEFAULT_PROMPT)
         phrases = phrases or defaults.get("phrases", "auto")
-        record = {"command": "ground", "model": _model_record(model), "base": base, "prompt": prompt,
+        record = {"command": "ground", "model": _model_record(model), "base": base, "sd": sd, "clip": clip,
+                  "noise": "fresh" if fresh_noise else None, "prompt": prompt,
                   "text": text, "refiner": refiner, "sam_model": sam_model if refiner == "sam" else None,
                   "sam_choice": sam_choice if refiner == "sam" else None, "phrases": phrases,
                   "keep_nonvisual": keep_nonvisual, "max_new_tokens": None if text else max_new_tokens,
@@ -213,7 +246,7 @@ def ground(
         grounder = Grounder.from_pretrained(model_name, refiner=refiner, sam_model=sam_model,
                                             phrases=make_phrase_extractor(phrases, filter_nonvisual=not keep_nonvisual),
                                             device=device, dtype=dtype, refiner_options=options,
-                                            model_options=_model_options(base), **settings)
+                                            model_options=_model_options(base, sd, clip, fresh_noise), **settings)
     except AttendsegError as error:
         _fail(str(error))
     except KeyboardInterrupt:
@@ -252,6 +285,9 @@ def attend(
     out: Path = typer.Option(Path("attendseg-traces"), "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
+    sd: Optional[str] = typer.Option(None, "--sd", help=SD_HELP),
+    clip: Optional[str] = typer.Option(None, "--clip", help=CLIP_HELP),
+    fresh_noise: bool = typer.Option(False, "--fresh-noise", help=FRESH_NOISE_HELP),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help=PROMPT_HELP),
     text: Optional[str] = typer.Option(None, "--text", help="Teacher-force this text instead of generating."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Layers to record: all, or e.g. 0,1,5 or 10-20."),
@@ -275,6 +311,8 @@ def attend(
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
             _fail("no images found in " + ", ".join(map(str, paths)))
+        _check_hub_ids([("model", model_name, "config.json"), ("base LLM", base, "config.json"),
+                        ("Stable Diffusion (SD)", sd, "unet/config.json"), ("CLIP", clip, "config.json")])
     except AttendsegError as error:
         _fail(str(error))
 
@@ -288,11 +326,12 @@ def attend(
 
         _quiet_transformers()
         prompt = prompt or checkpoint_defaults(model_name).get("prompt", DEFAULT_PROMPT)
-        record = {"command": "attend", "model": _model_record(model), "base": base, "prompt": prompt,
+        record = {"command": "attend", "model": _model_record(model), "base": base, "sd": sd, "clip": clip,
+                  "noise": "fresh" if fresh_noise else None, "prompt": prompt,
                   "text": text, "layers": layer_list, "per_layer": per_layer,
                   "max_new_tokens": None if text else max_new_tokens}
         stale = _check_stale(jobs, out, ".trace.safetensors", record, overwrite)
-        attender = attendseg.load(model_name, device=device, dtype=dtype, **_model_options(base))
+        attender = attendseg.load(model_name, device=device, dtype=dtype, **_model_options(base, sd, clip, fresh_noise))
         _layer_list(layer_list, attender.n_layers)  # a bad --layers fails once, before the run
     except AttendsegError as error:
         _fail(str(error))

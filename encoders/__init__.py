@@ -24,7 +24,8 @@ Public API:
   the transformers model (a ``LlavaForConditionalGeneration`` with the diffusion tower).
 - :class:`DiffusionVisionTower`, :class:`SDCLIPBlock`, :func:`unet_up_block_features`: the
   encoder pieces (early-stopping UNet features at any up-block(s), timestep, ensemble size).
-- :func:`make_processor`: the ``LlavaProcessor`` (grey pad, 384 px, [-1, 1], 24 × 24 tokens).
+- :func:`make_processor`: the :class:`DiffLMMProcessor` (grey pad, 384 px, [-1, 1], 24 × 24 tokens;
+  prompt ids by the original LLaVA rule, :func:`llava_prompt_ids`).
 - :class:`DiffLMMAdapter`: the attendseg adapter (LLaVA's, with :func:`load_difflmm`), registered
   under ``model_type`` ``difflmm`` and ``llava_llama`` like every built-in family.
 - :mod:`attendseg.encoders.tiny`: tiny random models and release-layout writers for tests.
@@ -38,7 +39,7 @@ from .modeling_difflmm import (
     DiffusionVisionTower,
     SDCLIPBlock,
 )
-from .processing import VICUNA_V1_TEMPLATE, make_processor
+from .processing import VICUNA_V1_TEMPLATE, DiffLMMProcessor, llava_prompt_ids, make_processor
 from .unet_features import unet_up_block_features
 
 
@@ -48,14 +49,13 @@ def _register() -> None:
         AutoModel,
         AutoModelForImageTextToText,
         AutoProcessor,
-        LlavaProcessor,
     )
 
     AutoConfig.register(DiffLMMVisionConfig.model_type, DiffLMMVisionConfig, exist_ok=True)
     AutoConfig.register(DiffLMMConfig.model_type, DiffLMMConfig, exist_ok=True)
     AutoModel.register(DiffLMMConfig, DiffLMMModel, exist_ok=True)
     AutoModelForImageTextToText.register(DiffLMMConfig, DiffLMMForConditionalGeneration, exist_ok=True)
-    AutoProcessor.register(DiffLMMConfig, LlavaProcessor, exist_ok=True)
+    AutoProcessor.register(DiffLMMConfig, DiffLMMProcessor, exist_ok=True)
 
 
 _register()
@@ -67,11 +67,13 @@ __all__ = [
     "DiffLMMConfig",
     "DiffLMMForConditionalGeneration",
     "DiffLMMModel",
+    "DiffLMMProcessor",
     "DiffLMMVisionConfig",
     "DiffusionVisionTower",
     "SDCLIPBlock",
     "VICUNA_V1_TEMPLATE",
     "is_difflmm_checkpoint",
+    "llava_prompt_ids",
     "load_difflmm",
     "make_processor",
     "map_non_lora_trainables",

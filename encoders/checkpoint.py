@@ -29,6 +29,7 @@ from torch import nn
 
 from attendseg.devices import resolve_device, resolve_dtype
 from attendseg.errors import AttendsegError
+from attendseg.hub import looks_local, resolve, unavailable
 
 from .configuration_difflmm import SD15_SCHEDULER, DiffLMMConfig, DiffLMMVisionConfig
 
@@ -58,14 +59,16 @@ PROJECTOR_TYPE = "SDCLIPBlock"
 # --------------------------------------------------------------------------------------------
 # files: local folder or hub repo
 # --------------------------------------------------------------------------------------------
-def _is_local_path(source: str) -> bool:
-    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
-
-
 def _fetch(source: str | Path, filename: str, *, what: str, required: bool = True) -> Path | None:
-    """Path of ``filename`` in a local folder or a hub repo (downloaded), else ``None``/error."""
+    """Path of ``filename`` in a local folder or a hub repo (downloaded), else ``None``/error.
+
+    A hub id goes through :func:`attendseg.hub.resolve` first: with the hub out of reach it is
+    read from the cache, or fails within seconds saying so.
+    """
     source = str(source)
-    if _is_local_path(source):
+    if not looks_local(source):
+        source = resolve(source, what)
+    if looks_local(source):
         folder = Path(source).expanduser()
         if not folder.is_dir():
             raise AttendsegError(f"{what}: folder {source!r} does not exist")
@@ -76,10 +79,12 @@ def _fetch(source: str | Path, filename: str, *, what: str, required: bool = Tru
             raise AttendsegError(f"{what}: {filename} is missing in {source}")
         return None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(repo_id=source, filename=filename))
+    except LocalEntryNotFoundError as exc:  # not cached and no hub: a subclass of EntryNotFoundError
+        raise unavailable(what, source, reason=str(exc).splitlines()[0]) from None
     except EntryNotFoundError:
         if required:
             raise AttendsegError(f"{what}: {filename} is missing in the hub repo {source!r}") from None
@@ -251,20 +256,59 @@ def merge_lora(
     return merged
 
 
-def _check_base_name(adapter_config: Mapping[str, Any], base: str, base_config: Mapping[str, Any]) -> None:
-    """Refuse a base whose name clearly differs from the one the adapter was trained on."""
-    recorded = adapter_config.get("base_model_name_or_path")
-    if not recorded:
-        return
-    key = re.sub(r"[^a-z0-9]", "", Path(str(recorded).rstrip("/")).name.lower())
-    if not key:
-        return
-    haystack = re.sub(r"[^a-z0-9]", "", (str(base) + " " + str(base_config.get("_name_or_path", ""))).lower())
-    if key not in haystack:
+#: Base-LLM config fields that must equal the release's (its ``config.json`` carries the
+#: language model's fields of the base it was trained on).
+BASE_SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads")
+
+
+def base_differences(release_config: Mapping[str, Any], base_config: Mapping[str, Any],
+                     grown_vocabulary: bool = False) -> list[str]:
+    """How a base LLM's ``config.json`` differs from the one a release was trained on.
+
+    Compares the architecture (a release's ``model_type`` ``llava_<x>`` wants a base of
+    ``model_type`` ``<x>``), the sizes (:data:`BASE_SIZE_FIELDS`; key-value heads default to
+    attention heads) and the vocabulary size (the release's may be larger only when
+    ``grown_vocabulary``: it carries its own embedding rows). Names are not compared: a renamed
+    copy of the right base is the right base.
+
+    Returns:
+        One phrase per difference (``"num_hidden_layers 4 (the release's: 2)"``); empty when
+        the base fits.
+    """
+    differences = []
+    release_type = str(release_config.get("model_type") or "")
+    wanted = release_type[len("llava_"):] if release_type.startswith("llava_") else None
+    if wanted and base_config.get("model_type") != wanted:
+        differences.append(f"architecture {base_config.get('model_type')!r} (the release's: {wanted!r})")
+
+    def value(config, key):
+        if key == "num_key_value_heads":
+            return config.get(key) or config.get("num_attention_heads")
+        return config.get(key)
+
+    for key in BASE_SIZE_FIELDS:
+        ours, theirs = value(base_config, key), value(release_config, key)
+        if ours is not None and theirs is not None and ours != theirs:
+            differences.append(f"{key} {ours} (the release's: {theirs})")
+    ours, theirs = base_config.get("vocab_size"), release_config.get("vocab_size")
+    if ours is not None and theirs is not None and ours != theirs and not (grown_vocabulary and theirs > ours):
+        differences.append(f"vocab_size {ours} (the release's: {theirs})")
+    return differences
+
+
+def _check_base(release_config: Mapping[str, Any], adapter_config: Mapping[str, Any], base: str,
+                base_config: Mapping[str, Any], grown_vocabulary: bool) -> None:
+    """Refuse a base whose config differs from the release's; note a differing name."""
+    differences = base_differences(release_config, base_config, grown_vocabulary)
+    if differences:
         raise AttendsegError(
-            f"the LoRA adapter was trained on {recorded!r} but the base given is {base!r}; pass the "
-            "matching base (or check_base=False if it is the same model under another name)"
+            f"the base {base!r} is not the LLM this release was trained on: " + "; ".join(differences)
+            + " (pass the matching base, e.g. lmsys/vicuna-7b-v1.5 or a local copy of it)"
         )
+    recorded = str(adapter_config.get("base_model_name_or_path") or "").rstrip("/")
+    if recorded and Path(recorded).name.lower() not in str(base).lower():
+        logger.warning("the release was trained on %r; using %r, whose config matches", recorded, base)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,7 +376,7 @@ def _resolve_base(base: str | None, adapter_config: Mapping[str, Any]) -> str:
         recorded = str(recorded)
         if Path(recorded).expanduser().is_dir():
             return recorded
-        if not _is_local_path(recorded):
+        if not looks_local(recorded):
             return recorded
         if Path(recorded.rstrip("/")).name == DEFAULT_BASE.split("/")[1]:
             return DEFAULT_BASE  # a training-machine path to the usual Vicuna
@@ -441,7 +485,8 @@ def load_difflmm(
             runs sdpa.
         chat_template: override of the processor's chat template (default: the base tokenizer's,
             else LLaVA-1.5's ``vicuna_v1`` format with its system prompt).
-        check_base: refuse a base whose name differs from the adapter's recorded base.
+        check_base: refuse a base whose config (architecture, sizes, vocabulary) differs from
+            the release's (:func:`base_differences`); a base under another name is accepted.
         vision_overrides: :class:`DiffLMMVisionConfig` fields to change (``timestep``,
             ``ensemble_size``, ``up_block``, ``deterministic``, ``seed``, ...).
 
@@ -459,7 +504,7 @@ def load_difflmm(
     from .modeling_difflmm import VISION_ATTENTION, DiffLMMForConditionalGeneration
     from .processing import make_processor
 
-    path = str(path)
+    path = resolve(str(path), "model")  # hub ids fail within seconds when the hub is out of reach
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     cfg = _read_json(_fetch(path, "config.json", what="DiffLMM checkpoint"))
@@ -506,14 +551,18 @@ def load_difflmm(
     sd = str(sd or cfg.get("mm_vision_tower") or DEFAULT_SD)
     sd = HUB_ALIASES.get(sd, sd)
     clip = str(clip or cfg.get("mm_vision_sd_clip") or DEFAULT_CLIP)
+    base = _resolve_base(None if base is None else str(base), adapter_config)
+    # hub ids: each fails within seconds, naming the piece, when the hub is out of reach
+    sd = resolve(sd, "Stable Diffusion (SD)", "unet/config.json")
+    clip = resolve(clip, "CLIP")
+    base = resolve(base, "base LLM")
     _check_sd(sd)
     _fetch(clip, "config.json", what=f"CLIP {clip!r}")
 
     # language model: base + LoRA (+ any LLM weights among the trainables)
-    base = _resolve_base(None if base is None else str(base), adapter_config)
     base_cfg = _read_json(_fetch(base, "config.json", what=f"base language model {base!r}"))
     if check_base:
-        _check_base_name(adapter_config, base, base_cfg)
+        _check_base(cfg, adapter_config, base, base_cfg, grown_vocabulary="model.embed_tokens.weight" in llm_state)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
         llm = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map=str(device))

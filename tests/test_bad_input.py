@@ -27,7 +27,7 @@ def test_folder_without_config(tmp_path):
 
 
 def test_unreachable_hub_id():
-    with pytest.raises(AttendsegError, match="not a local folder"):
+    with pytest.raises(AttendsegError, match="model 'someone/no-such-model-xyz' is neither a local folder nor in the local cache"):
         attendseg.load("someone/no-such-model-xyz")
 
 

@@ -380,16 +380,10 @@ def test_adapter_saved_as_bin(tiny, inputs, released, tmp_path):
 def test_lora_adapter_that_does_not_fit_the_base(released, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    # another base name than the one the adapter records
     folder = copy_release(released, tmp_path)
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = "meta-llama/Llama-2-13b-hf"
-    config_path.write_text(json.dumps(config))
-    with pytest.raises(AttendsegError, match="Llama-2-13b-hf"):
-        load_difflmm(folder, base=released["base"], device="cpu")
     # target modules the base lacks
-    config["base_model_name_or_path"] = str(released["base"])
     config["target_modules"] = ["query_key_value", "dense"]
     config_path.write_text(json.dumps(config))
     with pytest.raises(AttendsegError, match="query_key_value"):
@@ -403,6 +397,36 @@ def test_lora_adapter_that_does_not_fit_the_base(released, tmp_path):
     save_file(weights, str(folder / "adapter_model.safetensors"))
     with pytest.raises(AttendsegError, match="do not fit the base model"):
         load_difflmm(folder, device="cpu")
+
+
+def test_base_is_checked_by_its_config_not_its_name(tiny, inputs, released, tmp_path, caplog):
+    """A renamed copy of the right base loads the same model; a base of another architecture,
+    size or vocabulary is refused with what differs."""
+    renamed = tmp_path / "my-llm-copy"
+    shutil.copytree(released["base"], renamed)
+    folder = copy_release(released, tmp_path)
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "lmsys/vicuna-7b-v1.5"  # as the real release records it
+    config_path.write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        model, _ = load_difflmm(folder, base=renamed, device="cpu")
+    assert "whose config matches" in caplog.text
+    reference, _ = load_difflmm(released["difflmm"], device="cpu")
+    assert torch.equal(logits(model, inputs), logits(reference, inputs))
+
+    other = tmp_path / "other-llm"
+    shutil.copytree(released["base"], other)
+    base_config = json.loads((other / "config.json").read_text())
+    base_config.update(model_type="mistral", num_hidden_layers=3, vocab_size=base_config["vocab_size"] + 7)
+    (other / "config.json").write_text(json.dumps(base_config))
+    with pytest.raises(AttendsegError) as error:
+        load_difflmm(folder, base=other, device="cpu")
+    message = str(error.value)
+    assert "is not the LLM this release was trained on" in message and "\n" not in message
+    for part in ("architecture 'mistral' (the release's: 'llama')", "num_hidden_layers 3 (the release's: 2)",
+                 f"vocab_size {base_config['vocab_size']} (the release's: {base_config['vocab_size'] - 7})"):
+        assert part in message
 
 
 def test_not_a_difflmm_checkpoint(tiny_llava, tmp_path):
@@ -460,7 +484,7 @@ def test_image_token_added_to_a_vicuna_like_tokenizer():
     assert torch.allclose(head[image_id], old.mean(0), atol=1e-6)
 
 
-def test_attendseg_load_routes_the_released_layout(released, tiny_llava, tmp_path):
+def test_attendseg_load_routes_the_released_layout(tiny, released, tiny_llava, tmp_path):
     """What a user runs: attendseg.load and the CLI on the released folder + its base LLM."""
     import subprocess
     import sys
@@ -473,10 +497,151 @@ def test_attendseg_load_routes_the_released_layout(released, tiny_llava, tmp_pat
     assert trace.views[0].grid == (8, 8) and trace.maps.shape[-1] == 64
     with pytest.raises(attendseg.AttendsegError, match="not used by llava"):
         attendseg.load(tiny_llava, base="x")
+    # the original's fresh noise on every call, on request (what --fresh-noise passes)
+    fresh = attendseg.load(released["difflmm"], base=str(released["base"]), deterministic=False).adapter.model
+    pixels = tiny[1](images=photo(), text=chat(tiny[1]), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        first, second = (fresh.model.get_image_features(pixels).last_hidden_state for _ in range(2))
+    assert fresh.config.vision_config.deterministic is False and not torch.equal(first, second)
+    # the CLI with all four parts as local folders under other names, the release recording
+    # paths that do not exist here (as the real one records the authors' machine)
+    copies = {name: tmp_path / f"my-{name}" for name in ("base", "sd", "clip")}
+    for name, copy in copies.items():
+        shutil.copytree(released[name], copy)
+    release = copy_release(released, tmp_path)
+    for name, key, value in (("config.json", "mm_vision_tower", "/nowhere/sd"), ("config.json", "mm_vision_sd_clip", "/nowhere/clip"),
+                             ("adapter_config.json", "base_model_name_or_path", "/nowhere/vicuna-7b-v1.5")):
+        config = json.loads((release / name).read_text())
+        config[key] = value
+        (release / name).write_text(json.dumps(config))
     photo().save(tmp_path / "p.png")
     run = subprocess.run([sys.executable, "-m", "attendseg.cli.main", "ground", str(tmp_path / "p.png"),
-                          "--model", str(released["difflmm"]), "--base", str(released["base"]), "--text",
-                          "a red circle", "--out", str(tmp_path / "out"), "-q", "--phrases", "simple"],
-                         capture_output=True, text=True, timeout=300)
+                          "--model", str(release), "--base", str(copies["base"]), "--sd", str(copies["sd"]),
+                          "--clip", str(copies["clip"]), "--fresh-noise", "--text", "a red circle", "--out",
+                          str(tmp_path / "out"), "-q", "--phrases", "simple"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "out" / "p.png.json").exists()
+    assert json.loads((tmp_path / "out" / "p.png.json").read_text())["phrases"]
+
+
+# ------------------------------------------------------------------------------ prompt ids
+SPECIALS = ("<s>", "</s>", "<unk>")
+SP_TEXT = [
+    "A chat between a curious human and an artificial intelligence assistant.",
+    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+    "USER: Describe the image in detail. ASSISTANT: A red circle on the left of a green square.",
+    "There is a cat and a dog. The person on the right holds 12 apples and 3 pears.",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model():
+    """A Llama-style SentencePiece BPE model trained here (byte fallback, dummy prefix, digits
+    split, no whitespace folding), as bytes."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SP_TEXT), model_writer=out, model_type="bpe", vocab_size=400,
+        byte_fallback=True, split_digits=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        character_coverage=1.0, minloglevel=2)
+    return out.getvalue()
+
+
+def slow_llama_ids(model: bytes, text: str, legacy: bool) -> list[int]:
+    """The slow SentencePiece Llama tokenizer of LLaVA's time on ``text``: BOS, then the pieces.
+
+    Written from that tokenizer's documented behaviour: special tokens split the text; with
+    ``legacy`` each piece of text is SentencePiece-encoded as is (the model adds its dummy
+    prefix); without ``legacy`` the dummy prefix is switched off in the model, "▁" is put once
+    before the whole (non-empty) text, a text piece that starts with "▁" or a space is encoded
+    behind an "<unk>" whose pieces are then dropped (so the leading "▁" stays a piece of its
+    own), and a leading lone "▁" before a special token is dropped.
+    """
+    import re
+
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    def split(s):
+        return [p for p in re.split("(" + "|".join(map(re.escape, SPECIALS)) + ")", s) if p]
+
+    if legacy:
+        sp = spm.SentencePieceProcessor(model_proto=model)
+        pieces = [q for p in split(text) for q in ([p] if p in SPECIALS else sp.encode(p, out_type=str))]
+    else:
+        proto = sentencepiece_model_pb2.ModelProto.FromString(model)
+        proto.normalizer_spec.add_dummy_prefix = False
+        sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        n_unk = len(sp.encode("<unk>"))
+        pieces = []
+        for part in split("▁" + text.replace("▁", " ") if text else ""):
+            if part in SPECIALS:
+                pieces.append(part)
+            elif part.startswith(("▁", " ")):
+                pieces += sp.encode("<unk>" + part, out_type=str)[n_unk:]
+            else:
+                pieces += sp.encode(part, out_type=str)
+        if len(pieces) > 1 and pieces[0] == "▁" and pieces[1] in SPECIALS:
+            pieces = pieces[1:]
+    return [sp.bos_id()] + [sp.piece_to_id(p) for p in pieces]
+
+
+def original_llava_ids(model: bytes, text: str, legacy: bool, image_ids: list[int]) -> list[int]:
+    """LLaVA's rule on the slow tokenizer: chunks around <image> tokenized separately; the first
+    chunk keeps its BOS, the others lose it; the image ids go between the chunks."""
+    chunks = [slow_llama_ids(model, chunk, legacy) for chunk in text.split("<image>")]
+    ids = chunks[0][:1]
+    for i, chunk in enumerate(chunks):
+        ids += (image_ids if i else []) + chunk[1:]
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["slow", "fast"])
+@pytest.mark.parametrize("legacy", [True, False, None])
+def test_prompt_ids_follow_the_original_llava_rule(sentencepiece_model, tmp_path, legacy, kind):
+    """A Vicuna-style tokenizer (tokenizer.model, or tokenizer.json) with ``legacy`` true, false or
+    absent: DiffLMM's processor feeds the ids the original code fed (a lone "▁" after <image>)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from attendseg.encoders import VICUNA_V1_TEMPLATE, DiffLMMProcessor, llava_prompt_ids
+    from attendseg.encoders.checkpoint import _ensure_image_token
+    from attendseg.encoders.tiny import tiny_vision_config
+
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(sentencepiece_model)
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "add_bos_token": True, "add_eos_token": False}
+    if legacy is not None:
+        config["legacy"] = legacy
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if kind == "fast":
+        fast = tmp_path / "fast"
+        tokenizer.save_pretrained(fast)
+        (fast / "tokenizer.model").unlink(missing_ok=True)
+        assert (fast / "tokenizer.json").exists()
+        tokenizer = AutoTokenizer.from_pretrained(fast)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
+                                       num_hidden_layers=1, num_attention_heads=2))
+    image_id = _ensure_image_token(tokenizer, llm)
+    vision = tiny_vision_config()
+    processor = make_processor(tokenizer, vision, chat_template=VICUNA_V1_TEMPLATE)
+    assert isinstance(processor, DiffLMMProcessor)
+    n = vision.num_image_tokens
+    legacy_rule = True if legacy is None else legacy  # the slow tokenizer's default was legacy
+    prompts = ["Describe the image in detail.", "what  is   there? 12 apples,\n\n3 pears ü", " a cat", "\n"]
+    texts = [chat(processor, p) for p in prompts]
+    batch = processor(images=[photo()] * len(texts), text=texts, return_tensors="pt", padding=True)
+    vicuna_newline = [tokenizer.convert_tokens_to_ids("▁"), tokenizer.convert_tokens_to_ids("<0x0A>")]
+    for row, mask, text in zip(batch["input_ids"], batch["attention_mask"], texts):
+        expected = original_llava_ids(sentencepiece_model, text, legacy_rule, [image_id] * n)
+        assert row[mask.bool()].tolist() == expected
+        after = expected.index(image_id) + n
+        assert expected[after:after + 2] == vicuna_newline  # the piece whole-string tokenization drops
+    # two images, and an image at the very start
+    text = "<image>\nleft: <image>\nright"
+    assert llava_prompt_ids(tokenizer, text, image_ids=[image_id]) == original_llava_ids(
+        sentencepiece_model, text, legacy_rule, [image_id])

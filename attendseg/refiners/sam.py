@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..devices import resolve_device, resolve_dtype
 from ..errors import AttendsegError
 from .base import MaskResult, Prompt, as_rgb
 
@@ -63,7 +62,13 @@ def load_sam(model: str | Path, device=None, dtype=None):
     import torch
     from transformers import AutoConfig, SamModel, SamProcessor
 
+    from ..devices import resolve_device, resolve_dtype
+    from ..hub import looks_local, resolve
+
     name = str(model)
+    if looks_local(name) and not Path(name).expanduser().is_dir():
+        raise AttendsegError(f"cannot load SAM checkpoint {name!r}: no such folder")
+    name = resolve(name, "SAM")  # a hub id fails within seconds when the hub is out of reach
     try:
         config = AutoConfig.from_pretrained(name)
     except Exception as e:  # any failure to read a checkpoint is the user's to fix
@@ -125,6 +130,8 @@ class SamRefiner:
                 raise AttendsegError("pass the SamProcessor along with a loaded SamModel")
             self.model, self.processor = model, processor
             if device is not None or dtype is not None:
+                from ..devices import resolve_dtype  # torch: imported only when a model is used
+
                 self.model = self.model.to(device=device, dtype=resolve_dtype(dtype) if dtype else None)
             self.model.eval()
             self.model_id = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
