@@ -33,6 +33,7 @@ def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool 
     from . import shapes, viz
     from .batch import atomic_save_image
     from .grounder import Grounder
+    from .metrics import mask_iou
     from .shapes_eval import SHAPE_PHRASES, named_object, point_hits
 
     model = model or bundled_model()
@@ -56,8 +57,7 @@ def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool 
         for phrase in grounding.phrases:
             k = named_object(grounding.answer, phrase, scene)
             if k is not None:
-                inter = np.logical_and(phrase.mask, scene.masks[k]).sum()
-                ious.append(inter / max(np.logical_or(phrase.mask, scene.masks[k]).sum(), 1))
+                ious.append(mask_iou(phrase.mask, scene.masks[k]))
         picture = viz.overlay(*viz.zoom(scene.image, grounding, ZOOM))
         atomic_save_image(picture, out / f"scene_{scene.seed}.png")
         sheet.append(picture)

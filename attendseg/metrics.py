@@ -1,4 +1,14 @@
-"""Mask metrics: IoU, GCG-style greedy matching (GLaMM's protocol), recall, AP50, point accuracy.
+"""Mask metrics: IoU, referring segmentation (cIoU, gIoU), box Acc@0.5, GCG-style greedy matching
+(GLaMM's protocol), recall, AP50, point accuracy.
+
+One IoU: :func:`iou_matrix` (pycocotools' ``mask.iou`` value for value, crowd rule included);
+:func:`mask_iou`, :func:`intersection_union` and :func:`attendseg.rle.iou` are views of it.
+
+Referring segmentation (LISA / GLaMM / the refer protocol): per expression the intersection and
+union pixel counts of the predicted and ground-truth masks; **cIoU** = Σ intersections / Σ unions
+over the split, **gIoU** = mean per-expression IoU. REC **Acc@0.5**: share of expressions whose
+predicted box has IoU ≥ 0.5 with the ground-truth box (boxes as COCO ``[x, y, w, h]``,
+:func:`box_iou` equal to pycocotools' box IoU).
 
 Masks are boolean (or 0/non-0) arrays ``[H, W]``; a set of masks is ``[N, H, W]`` or a list of
 ``[H, W]`` arrays (RLE dicts are decoded). Points are ``(x, y)`` in pixels, x right, y down;
@@ -48,6 +58,9 @@ from . import rle as _rle
 __all__ = [
     "mask_iou",
     "iou_matrix",
+    "intersection_union",
+    "box_iou",
+    "referring_scores",
     "greedy_match",
     "image_miou",
     "recall_matches",
@@ -93,21 +106,27 @@ def as_mask_stack(masks, shape: tuple[int, int] | None = None) -> np.ndarray:
     return np.stack(items)
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two ``[H, W]`` masks; 0.0 when the union is empty."""
-    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+def intersection_union(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """Pixel counts ``(|a ∩ b|, |a ∪ b|)`` of two ``[H, W]`` masks (RLE dicts are decoded)."""
+    a, b = as_mask_stack(a)[0], as_mask_stack(b)[0]
     if a.shape != b.shape:
         raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-    inter = np.count_nonzero(a & b)
-    union = np.count_nonzero(a | b)
-    return float(inter) / float(union) if inter else 0.0
+    return int(np.count_nonzero(a & b)), int(np.count_nonzero(a | b))
 
 
-def iou_matrix(preds, gts) -> np.ndarray:
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two ``[H, W]`` masks; 0.0 when the union is empty (pycocotools' convention)."""
+    inter, union = intersection_union(a, b)
+    return inter / union if inter else 0.0
+
+
+def iou_matrix(preds, gts, iscrowd=None) -> np.ndarray:
     """IoU of every prediction with every ground truth: ``[P, G]`` float64, vectorised.
 
     ``preds`` ``[P, H, W]`` and ``gts`` ``[G, H, W]`` (or lists of ``[H, W]`` masks / RLEs).
-    Equal, value for value, to ``pycocotools.mask.iou(encode(preds), encode(gts), [0] * G)``.
+    Equal, value for value, to ``pycocotools.mask.iou(encode(preds), encode(gts), iscrowd)``:
+    for a crowd ground truth (``iscrowd[g]`` true) the denominator is the prediction's area; a
+    pair with no intersection scores 0.
     """
     p = as_mask_stack(preds)
     g = as_mask_stack(gts)
@@ -124,6 +143,9 @@ def iou_matrix(preds, gts) -> np.ndarray:
     ap = np.count_nonzero(p.reshape(len(p), n), axis=1).astype(np.float64)
     ag = np.count_nonzero(g.reshape(len(g), n), axis=1).astype(np.float64)
     union = ap[:, None] + ag[None, :] - inter
+    if iscrowd is not None:
+        crowd = np.asarray(iscrowd, dtype=bool).reshape(-1)
+        union = np.where(crowd[None, :], ap[:, None], union)
     out = np.zeros_like(inter)
     np.divide(inter, union, out=out, where=inter > 0)
     return out
@@ -409,6 +431,55 @@ def evaluate(
     for p, g, ph, lb in zip(preds_per_image, gts_per_image, pp, gl):
         ev.add(p, g, ph, lb)
     return ev.summary()
+
+
+# --------------------------------------------------------------------------- referring expressions
+
+
+def box_iou(a, b) -> np.ndarray:
+    """IoU of COCO boxes ``[x, y, w, h]``: ``a`` ``[P, 4]`` × ``b`` ``[G, 4]`` → ``[P, G]`` float64.
+
+    Equal to ``pycocotools.mask.iou(a, b, [0] * G)`` on boxes (no +1 pixel convention: a box
+    covers ``[x, x + w) × [y, y + h)``); a box with no area scores 0 against everything.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ix = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    iy = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=inter > 0)
+    return out
+
+
+def referring_scores(intersections, unions, box_ious=None, threshold: float = 0.5) -> dict:
+    """cIoU, gIoU and (with ``box_ious``) REC Acc@``threshold`` over a set of expressions.
+
+    Args:
+        intersections, unions: per-expression pixel counts (:func:`intersection_union`).
+        box_ious: per-expression IoU of the predicted box with the ground-truth box.
+
+    Returns:
+        ``{"ciou", "giou", "acc@0.5", "n"}``: cIoU = Σ inter / Σ union, gIoU = mean of
+        inter / union (0 for an empty union), Acc = share of box IoUs ≥ ``threshold``
+        (NaN figures for no expressions).
+    """
+    inter = np.asarray(intersections, dtype=np.float64).reshape(-1)
+    union = np.asarray(unions, dtype=np.float64).reshape(-1)
+    if inter.shape != union.shape:
+        raise ValueError(f"{inter.size} intersections for {union.size} unions")
+    n = int(inter.size)
+    per = np.zeros(n)
+    np.divide(inter, union, out=per, where=inter > 0)
+    out = {"ciou": float(inter.sum() / union.sum()) if union.sum() > 0 else float("nan"),
+           "giou": float(per.mean()) if n else float("nan"), "n": n}
+    if box_ious is not None:
+        boxes = np.asarray(box_ious, dtype=np.float64).reshape(-1)
+        if boxes.size != n:
+            raise ValueError(f"{boxes.size} box IoUs for {n} expressions")
+        out[f"acc@{threshold:g}"] = float((boxes >= threshold).mean()) if n else float("nan")
+    return out
 
 
 # --------------------------------------------------------------------------- points

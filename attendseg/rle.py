@@ -249,22 +249,8 @@ def iou(dt: Sequence[RLE | np.ndarray], gt: Sequence[RLE | np.ndarray], iscrowd=
 
     For a crowd ground truth (``iscrowd[j]`` true) the denominator is the area of the detection.
     A pair with an empty union (or an empty mask) scores 0. Items may be RLEs or 2-D masks.
+    (The one implementation is :func:`attendseg.metrics.iou_matrix`.)
     """
-    dm = [decode(d) if isinstance(d, Mapping) else np.asarray(d) != 0 for d in dt]
-    gm = [decode(g) if isinstance(g, Mapping) else np.asarray(g) != 0 for g in gt]
-    out = np.zeros((len(dm), len(gm)), dtype=np.float64)
-    if not dm or not gm:
-        return out
-    shapes = {m.shape for m in dm + gm}
-    if len(shapes) != 1:
-        raise ValueError(f"masks differ in size: {sorted(shapes)}")
-    d = np.stack(dm).reshape(len(dm), -1).astype(np.float64)
-    g = np.stack(gm).reshape(len(gm), -1).astype(np.float64)
-    inter = d @ g.T
-    ad, ag = d.sum(1), g.sum(1)
-    union = ad[:, None] + ag[None, :] - inter
-    if iscrowd is not None:
-        crowd = np.asarray(iscrowd, dtype=bool).ravel()
-        union = np.where(crowd[None, :], np.broadcast_to(ad[:, None], union.shape), union)
-    np.divide(inter, union, out=out, where=(union > 0) & (inter > 0))
-    return out
+    from .metrics import iou_matrix
+
+    return iou_matrix(list(dt), list(gt), iscrowd)

@@ -53,6 +53,53 @@ def test_iou_edge_cases():
         M.iou_matrix(np.zeros((1, 4, 4)), np.zeros((1, 5, 4)))
 
 
+def test_iou_matrix_crowd_rule_equals_pycocotools(rng):
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    preds = rng.random((3, 9, 11)) < 0.4
+    gts = rng.random((4, 9, 11)) < 0.5
+    crowd = [0, 1, 0, 1]
+    enc = lambda ms: [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in ms]
+    want = mask_utils.iou(enc(preds), enc(gts), crowd)
+    np.testing.assert_array_equal(M.iou_matrix(preds, gts, crowd), want)
+    np.testing.assert_array_equal(rle.iou([rle.encode(m) for m in preds], gts, crowd), want)
+
+
+# --------------------------------------------------------------------------- referring expressions
+
+
+def test_box_iou_equals_pycocotools(rng):
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    a = np.concatenate([rng.uniform(0, 50, (6, 2)), rng.uniform(0, 30, (6, 2))], axis=1)
+    b = np.concatenate([rng.uniform(0, 50, (5, 2)), rng.uniform(0, 30, (5, 2))], axis=1)
+    b[0] = a[0]  # identical boxes
+    b[1] = [200, 200, 5, 5]  # disjoint from all
+    got = M.box_iou(a, b)
+    want = mask_utils.iou(a.tolist(), b.tolist(), [0] * len(b))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert got[0, 0] == pytest.approx(1.0)
+    # by hand: [0,0,2,2] vs [1,1,2,2]: intersection 1, union 7
+    assert M.box_iou([0, 0, 2, 2], [1, 1, 2, 2])[0, 0] == pytest.approx(1 / 7)
+
+
+def test_referring_scores_by_hand():
+    # two expressions: 1 of 2 pixels right (IoU 0.5), 9 of 10 (IoU 0.9)
+    a, b = strip(0, 2), strip(1, 2)
+    c, d = strip(0, 10), strip(0, 9)
+    counts = [M.intersection_union(a, b), M.intersection_union(c, d)]
+    assert counts == [(1, 2), (9, 10)]
+    got = M.referring_scores([i for i, _ in counts], [u for _, u in counts], box_ious=[0.49, 0.5])
+    assert got["ciou"] == pytest.approx(10 / 12)  # Σ inter / Σ union, not the mean
+    assert got["giou"] == pytest.approx((0.5 + 0.9) / 2)
+    assert got["acc@0.5"] == 0.5  # 0.5 counts, 0.49 does not
+    assert got["n"] == 2
+    # against pycocotools' per-pair IoU
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    enc = lambda m: mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    assert counts[1][0] / counts[1][1] == mask_utils.iou([enc(c)], [enc(d)], [0])[0, 0]
+    empty = M.referring_scores([], [], box_ious=[])
+    assert np.isnan(empty["ciou"]) and np.isnan(empty["giou"]) and empty["n"] == 0
+
+
 # --------------------------------------------------------------------------- greedy matching
 
 
