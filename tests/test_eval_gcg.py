@@ -204,7 +204,7 @@ def test_text_gate_really_gates():
 
 # --------------------------------------------------------------------------------- command
 GCG_ARGS = ["--prompt", "list the objects from left to right.", "--phrases",
-            "vocab:circle,square,triangle,star,cross,bar", "--max-new-tokens", "48", "-q"]
+            "vocab:circle,square,triangle,star,cross,bar", "--max-new-tokens", "48", "--no-captions", "-q"]
 
 
 def test_eval_gcg_end_to_end_resume_and_predictions(tmp_path, tiny_bert):
@@ -228,7 +228,8 @@ def test_eval_gcg_end_to_end_resume_and_predictions(tmp_path, tiny_bert):
     assert sorted(p.name for p in (out / "model").iterdir()) == ["sa_1.json", "sa_2.json"]  # GLaMM's layout
     # the written predictions, scored as another method's folder, give the same figures
     result = runner.invoke(app, ["eval", "gcg", str(data), "--predictions", str(out / "model"), "--out",
-                                 str(tmp_path / "scored"), "--text-encoder", str(tiny_bert), "--json", "-q"])
+                                 str(tmp_path / "scored"), "--text-encoder", str(tiny_bert), "--no-captions", "--json",
+                                 "-q"])
     assert result.exit_code == 0, result.output
     scored = json.loads(result.output)["rows"][0]
     for key in ("images", "miou", "recall", "ap50", "gt_phrases", "pred_phrases"):
@@ -250,3 +251,44 @@ def test_eval_gcg_user_mistakes_are_one_line(tmp_path):
     assert result.exit_code == 2 and "2 of 2 images have no prediction" in result.output
     result = runner.invoke(app, ["eval", "gcg", str(tmp_path), "--text-encoder", "none", "-q"])
     assert result.exit_code == 2 and "images are missing" in result.output
+
+
+def test_caption_metrics_equal_coco_eval_cap(monkeypatch):
+    """METEOR and CIDEr as GLaMM's COCOEvalCap run computes them (its SPICE, which downloads
+    models, replaced by a stub). Needs pycocoevalcap and Java; skipped without them."""
+    import shutil
+
+    pytest.importorskip("pycocoevalcap.eval")
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed")
+    import contextlib
+    import io
+
+    import pycocoevalcap.eval as cap_eval
+    from pycocotools.coco import COCO
+
+    class NoSpice:
+        def method(self):
+            return "SPICE"
+
+        def compute_score(self, gts, res):
+            return 0.0, [{"All": {"f": 0.0}}] * len(res)
+
+    monkeypatch.setattr(cap_eval, "Spice", NoSpice)
+    refs = {"sa_1": "from left to right, a red circle and a blue star.", "sa_2": "from left to right, a green square.",
+            "sa_3": "from left to right, a white bar, a red cross and a blue star."}
+    cands = {"sa_1": "from left to right, a red circle and a blue star.", "sa_2": "from left to right, a green circle.",
+             "sa_3": "from left to right, a white bar and a red cross."}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": [{"id": k} for k in refs],
+                      "annotations": [{"id": n + 1, "image_id": k, "caption": c} for n, (k, c) in enumerate(refs.items())]}
+        gt.createIndex()
+        res = gt.loadRes([{"image_id": k, "caption": c} for k, c in cands.items()])
+        reference = cap_eval.COCOEvalCap(gt, res)
+        reference.params["image_id"] = res.getImgIds()
+        reference.evaluate()
+    figures, why = gcg.caption_metrics({k: [c] for k, c in refs.items()}, cands)
+    assert why is None
+    assert figures["meteor"] == pytest.approx(reference.eval["METEOR"], abs=1e-12)
+    assert figures["cider"] == pytest.approx(reference.eval["CIDEr"], abs=1e-12)

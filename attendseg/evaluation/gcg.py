@@ -312,11 +312,15 @@ def caption_metrics(references: dict, candidates: dict) -> tuple[dict | None, st
         return None, "Java not found (pycocoevalcap's tokenizer and METEOR run on Java)"
     if not candidates:
         return None, "no captions"
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({k: [{"caption": c} for c in references[k]] for k in candidates})
-    res = tokenizer.tokenize({k: [{"caption": candidates[k]}] for k in candidates})
-    meteor, _ = Meteor().compute_score(gts, res)
-    cider, _ = Cider().compute_score(gts, res)
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the tokenizer prints its speed
+        tokenizer = PTBTokenizer()
+        gts = tokenizer.tokenize({k: [{"caption": c} for c in references[k]] for k in candidates})
+        res = tokenizer.tokenize({k: [{"caption": candidates[k]}] for k in candidates})
+        meteor, _ = Meteor().compute_score(gts, res)
+        cider, _ = Cider().compute_score(gts, res)
     return {"meteor": float(meteor), "cider": float(cider)}, None
 
 
