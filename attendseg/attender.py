@@ -103,8 +103,6 @@ def load(model: str | os.PathLike, device=None, dtype=None, **options) -> "Atten
 
 
 def _load_adapter(name: str, device, dtype, options) -> Adapter:
-    from transformers import AutoConfig
-
     path = Path(name).expanduser()
     looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_local and not path.exists():
@@ -112,23 +110,26 @@ def _load_adapter(name: str, device, dtype, options) -> Adapter:
     if path.is_dir() and not (path / "config.json").exists():
         raise AttendsegError(f"{name} is not a model checkpoint folder (no config.json)")
     source = str(path) if path.exists() else name
-    from .adapters import register_adapter
-    from .encoders import DiffLMMAdapter, is_difflmm_checkpoint
+    config = _read_config(source, name)
+    cls = adapter_for(config.get("model_type"), config.get("architectures"))
+    return cls.load(source, dtype=dtype, device=device, **options)
 
-    register_adapter(DiffLMMAdapter)
-    if is_difflmm_checkpoint(source):  # released layout: AutoConfig cannot read its config
-        return DiffLMMAdapter.load(source, dtype=dtype, device=device, **options)
+
+def _read_config(source: str, name: str) -> dict:
+    """The checkpoint's ``config.json`` as a dict (read raw: some released layouts, e.g.
+    DiffLMM's ``llava_llama``, are not readable by ``AutoConfig``)."""
+    import json
+
+    from transformers.utils import cached_file
+
     try:
-        config = AutoConfig.from_pretrained(source)
+        with open(cached_file(source, "config.json")) as f:
+            return json.load(f)
     except (OSError, ValueError) as error:
         raise AttendsegError(
             f"could not load model {name!r}: it is not a local folder, and the hub copy is not "
             f"available (offline, or no such repository): {str(error).splitlines()[0]}"
         ) from None
-    cls = adapter_for(config)
-    if options:
-        raise AttendsegError(f"options {sorted(options)} are not used by {cls.family} models")
-    return cls.load(source, dtype=dtype, device=device)
 
 
 def _indices(value, count: int, what: str) -> list[int] | None:
@@ -260,7 +261,7 @@ class Attender:
                 sequences = self.model.generate(**prepared.inputs, **kwargs)
             else:
                 self.model(**prepared.inputs, use_cache=False, logits_to_keep=1)
-        maps = recorder.maps()  # [B, R, L, H, N]
+        maps = recorder.maps()  # [B, R, L, H, N_max]; row b's image tokens are the first n_keys[b]
         common = dict(layers=tuple(layers), heads=tuple(heads or range(self.n_heads)),
                       per_layer=per_layer, per_head=per_head, model_id=self.model_id,
                       mode="generate" if texts is None else "teacher", rows=rows)
@@ -270,10 +271,10 @@ class Attender:
                 token_ids = self._answer_ids(sequences[b, prepared.inputs["input_ids"].shape[1]:],
                                              generate_kwargs.get("eos_token_id"))
                 text, offsets = decode_with_offsets(self.adapter.tokenizer, token_ids)
-                row_maps = maps[b, : len(token_ids)].clone()
+                row_maps = maps[b, : len(token_ids), ..., : recorder.n_keys[b]].clone()
             else:
                 token_ids, offsets, text = prepared.text_ids[b], prepared.text_offsets[b], texts[b]
-                row_maps = maps[b, maps.shape[1] - len(token_ids):].clone()
+                row_maps = maps[b, maps.shape[1] - len(token_ids):, ..., : recorder.n_keys[b]].clone()
             traces.append(Trace(token_ids=token_ids.cpu(), text=text, offsets=offsets, maps=row_maps,
                                 views=prepared.views[b], image_size=image.size, prompt=prompts[b],
                                 **common))

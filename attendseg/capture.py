@@ -10,6 +10,11 @@ keys, keeps the image-key columns, reduces heads, and hands the result to the re
 Memory is ``O(recorded rows × kept layers × kept heads × image tokens)``: no ``seq²`` matrix is
 ever kept, unlike ``output_attentions=True``.
 
+Each row of a batch has its own image-token positions and its own count ``N_b`` (dynamic
+resolution, tiles): the Recorder gathers through one ``[B, N_max]`` index padded with position 0,
+and zeroes the padded columns, so a row's first ``N_b`` columns are exactly what running it alone
+records.
+
 Rows recorded per forward call are the *last* ``n_rows`` query positions, shifted ``shift``
 positions to the left. Generation uses ``(1, 0)`` on every call: the last prompt position in the
 prefill (it predicts the first new token), then the single new position in each decode step
@@ -22,14 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface
 
 ATTENTION_NAME = "attendseg"
+#: The fast implementation the capture function wraps by default.
+WRAPPED = "sdpa"
 
 #: The recorder of the current thread / task (each thread starts with none, so concurrent
 #: captures in different threads never see each other's calls).
@@ -40,15 +46,17 @@ class Recorder:
     """Collects image-column attention rows, reduced online.
 
     Args:
-        key_index: ``[B, N]`` sequence positions of the image tokens (keys) of each batch row.
+        key_index: per batch row, the ``[N_b]`` sequence positions of its image tokens (keys), in
+            map order; a ``[B, N]`` tensor when every row has the same count.
         layers: language-model layer indices to record, in execution order.
         heads: head indices to keep, or None for all heads.
         per_layer: keep each layer separately (else mean over ``layers``).
         per_head: keep each head separately (else mean over ``heads``).
         n_rows, shift: which query rows of each forward call to record (module docstring).
 
-    After the run, :meth:`maps` returns ``[B, R, L, H, N]`` float32 on the CPU, where ``R`` is
-    the number of recorded rows over all forward calls, in order.
+    After the run, :meth:`maps` returns ``[B, R, L, H, N_max]`` float32 on the CPU, where ``R``
+    is the number of recorded rows over all forward calls, in order; row b's columns from
+    ``n_keys[b]`` on are zero padding.
     """
 
     def __init__(
@@ -63,7 +71,9 @@ class Recorder:
     ):
         if not layers:
             raise ValueError("no layers to record")
-        self.key_index = key_index
+        self.key_index, self.key_valid = pad_key_index(key_index)
+        self.n_keys = [int(n) for n in self.key_valid.sum(1)] if self.key_valid is not None else \
+            [self.key_index.shape[1]] * self.key_index.shape[0]
         self.layers = tuple(layers)
         self._slot = {layer: i for i, layer in enumerate(self.layers)}
         self.heads = None if heads is None else tuple(heads)
@@ -76,12 +86,15 @@ class Recorder:
         self._seq_len = 0
         self._head_index: torch.Tensor | None = None
         self._index: torch.Tensor | None = None
+        self._valid: torch.Tensor | None = None
+        self._gather: dict = {}  # probs' (B, H, r) → the gather index expanded to it (a view)
 
     def wants(self, layer_idx: int | None) -> bool:
         return layer_idx in self._slot
 
-    def record(self, module, query, key, attention_mask, scaling, softcap=None) -> None:
-        """Recompute the recorded rows of one layer's attention and store their image columns."""
+    def record(self, module, query, key, attention_mask, scaling, softcap=None) -> torch.Tensor:
+        """Compute the recorded rows of one layer's attention, store their image columns, and
+        return their ``[B, H, r, kv]`` float32 probabilities over all keys."""
         q_len, kv_len = query.shape[2], key.shape[2]
         slot = self._slot[module.layer_idx]
         if slot == 0:  # the first recorded layer opens a new forward call
@@ -96,12 +109,20 @@ class Recorder:
         probs = row_probabilities(query, key, attention_mask, scaling, rows, softcap, filled)  # [B, H, r, kv]
         if self._index is None or self._index.device != probs.device:
             self._index = self.key_index.to(probs.device)
+            self._valid = None if self.key_valid is None else self.key_valid.to(probs.device)
+            self._gather = {}
         dropped = max(self._seq_len - kv_len, 0)  # keys a sliding-window cache no longer holds
         if dropped:
             index = self._index - dropped
-            image = probs.gather(-1, _expand(index.clamp(min=0), probs)) * (index >= 0)[:, None, None, :]
+            valid = index >= 0 if self._valid is None else (index >= 0) & self._valid
+            image = probs.gather(-1, _expand(index.clamp(min=0), probs)) * valid[:, None, None, :]
         else:
-            image = probs.gather(-1, _expand(self._index, probs))  # [B, H, r, N]
+            gather = self._gather.get(probs.shape[:3])
+            if gather is None:
+                gather = self._gather[probs.shape[:3]] = _expand(self._index, probs)
+            image = probs.gather(-1, gather)  # [B, H, r, N]
+            if self._valid is not None:
+                image = image * self._valid[:, None, None, :]
         if self.heads is not None:
             if self._head_index is None:
                 self._head_index = torch.tensor(self.heads, device=image.device)
@@ -114,6 +135,7 @@ class Recorder:
             self._current[:, :, slot] = image
         else:
             self._current[:, :, 0] += image
+        return probs
 
     def _flush(self) -> None:
         if self._current is not None:
@@ -121,12 +143,37 @@ class Recorder:
             self._current = None
 
     def maps(self) -> torch.Tensor:
-        """``[B, R, L, H, N]`` float32 (CPU): all recorded rows, in call order."""
+        """``[B, R, L, H, N_max]`` float32 (CPU): all recorded rows, in call order (row b's
+        columns from ``n_keys[b]`` on are zero)."""
         self._flush()
         if not self._steps:
             raise RuntimeError("nothing was recorded: did the model run its language layers?")
         maps = torch.cat(self._steps, dim=1).cpu()
         return maps if self.per_layer else maps / len(self.layers)
+
+
+def pad_key_index(key_index) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row key positions → ``([B, N_max] int64 index, [B, N_max] bool validity or None)``.
+
+    ``key_index`` is a ``[B, N]`` tensor or a list of ``[N_b]`` tensors. Padded slots point at
+    position 0 and are marked invalid; validity is None when every row has the same count.
+    """
+    if isinstance(key_index, torch.Tensor):
+        if key_index.dim() != 2:
+            raise ValueError(f"key_index must be [B, N], got {tuple(key_index.shape)}")
+        return key_index.long(), None
+    rows = [torch.as_tensor(k, dtype=torch.long).reshape(-1) for k in key_index]
+    if not rows:
+        raise ValueError("key_index has no rows")
+    counts = [len(r) for r in rows]
+    if len(set(counts)) == 1:
+        return torch.stack(rows), None
+    index = torch.zeros(len(rows), max(counts), dtype=torch.long)
+    valid = torch.zeros(len(rows), max(counts), dtype=torch.bool)
+    for b, row in enumerate(rows):
+        index[b, : len(row)] = row
+        valid[b, : len(row)] = True
+    return index, valid
 
 
 def _expand(index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -182,41 +229,73 @@ def row_probabilities(
     return torch.softmax(logits, dim=-1)
 
 
-def capture_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs,
-):
-    """``AttentionInterface`` function: sdpa's output, plus recording when a Recorder is active."""
-    recorder = _ACTIVE.get()
-    if recorder is not None:
-        if recorder.wants(getattr(module, "layer_idx", None)):
-            recorder.record(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
-    return sdpa_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-    )
+def attention_output(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The attention output from probabilities, as eager attention computes it.
+
+    Args:
+        probs: ``[B, H, q, kv]`` float32 probabilities; value: ``[B, H_kv, kv, D]`` (before
+            ``repeat_kv``; head h reads kv head ``h // (H / H_kv)``).
+
+    Returns:
+        ``[B, q, H, D]`` in ``value``'s dtype: ``probs`` cast to that dtype, times the values
+        (eager's order of operations), laid out as attention functions return it.
+    """
+    batch, heads, q_len, kv_len = probs.shape
+    kv_heads = value.shape[1]
+    grouped = probs.to(value.dtype).reshape(batch, kv_heads, (heads // kv_heads) * q_len, kv_len)
+    out = torch.matmul(grouped, value)  # [B, H_kv, groups · q, D]
+    return out.view(batch, heads, q_len, -1).transpose(1, 2).contiguous()
 
 
-def register() -> str:
-    """Register the capture function and its mask with transformers (idempotent)."""
-    AttentionInterface.register(ATTENTION_NAME, capture_attention_forward)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
-    return ATTENTION_NAME
+def capturing(wrapped: Callable) -> Callable:
+    """An ``AttentionInterface`` function: ``wrapped``'s output, plus recording when a Recorder
+    is active.
+
+    When every query row of the call is recorded (each decode step of generation), the
+    probabilities are computed once, in float32, and serve both the record and the layer's output
+    (:func:`attention_output`, eager's math); otherwise (prefill, teacher forcing) the output
+    comes from ``wrapped`` and only the recorded rows are recomputed. Arguments that change the
+    math beyond q, k, v, mask, scaling and soft-capping (``position_bias``, attention-sink
+    logits ``s_aux`` / ``sinks``) also leave the output to ``wrapped``.
+    """
+
+    def capture_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                                  **kwargs):
+        recorder = _ACTIVE.get()
+        if recorder is not None and recorder.wants(getattr(module, "layer_idx", None)):
+            probs = recorder.record(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
+            if (probs.shape[2] == query.shape[2] and (dropout == 0.0 or not module.training)
+                    and kwargs.get("position_bias") is None and kwargs.get("s_aux") is None
+                    and kwargs.get("sinks") is None):
+                return attention_output(probs, value), None
+        return wrapped(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    return capture_attention_forward
 
 
-def enable(language_model: torch.nn.Module) -> None:
+def register(wrapped: str = WRAPPED) -> str:
+    """Register the capture function around the attention implementation ``wrapped`` (looked up
+    in transformers' registry, ``"sdpa"`` by default) and its mask function; idempotent.
+
+    Returns the registered name: :data:`ATTENTION_NAME` for sdpa, ``"attendseg_<wrapped>"``
+    otherwise.
+    """
+    name = ATTENTION_NAME if wrapped == WRAPPED else f"{ATTENTION_NAME}_{wrapped}"
+    if name not in AttentionInterface._global_mapping:
+        if wrapped not in AttentionInterface._global_mapping:
+            raise ValueError(f"unknown attention implementation {wrapped!r}")
+        AttentionInterface.register(name, capturing(AttentionInterface._global_mapping[wrapped]))
+        AttentionMaskInterface.register(name, AttentionMaskInterface._global_mapping[wrapped])
+    return name
+
+
+def enable(language_model: torch.nn.Module, wrapped: str = WRAPPED) -> None:
     """Route a loaded language model's attention through the capture function.
 
     ``language_model`` is the text decoder (a ``PreTrainedModel`` such as ``LlamaModel``), so
     vision towers keep their own attention implementation.
     """
-    register()
-    language_model.set_attn_implementation(ATTENTION_NAME)
+    language_model.set_attn_implementation(register(wrapped))
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import numpy as np
 from .attender import Attender, load
 from .errors import AttendsegError
 from .images import load_image
-from .maps import trace_image_map
+from .maps import VIEW_CHOICES, trace_image_map
 from .phrases import make_phrase_extractor
 from .refiners import make_refiner
 from .refiners.base import instance_prompts, map_prompt
@@ -49,7 +49,9 @@ class Settings:
         heads: heads averaged (``"all"`` or indices).
         aggregate: how a phrase's tokens combine: ``"mean"`` | ``"max"`` | ``"first"``.
         normalisation: ``"mean"`` subtracts the mean map over all answer tokens; ``"none"``.
-        sinks: attention-sink suppression: ``"none"`` | ``"corners"`` | ``"outliers"``.
+        sinks: attention-sink suppression, per view: ``"none"`` | ``"corners"`` | ``"outliers"``.
+        views: the views of a multi-view model that make the map: ``"fused"`` (all, fused in the
+            original image frame) | ``"base"`` (the whole-image view) | ``"tiles"``.
         points: positive points per phrase prompt (the top separated peaks).
         instances: masks per phrase (one single-point prompt per separated peak).
         box: also prompt with the box of the thresholded map.
@@ -60,13 +62,14 @@ class Settings:
     aggregate: str = "mean"
     normalisation: str = "mean"
     sinks: str = "none"
+    views: str = "fused"
     points: int = 1
     instances: int = 1
     box: bool = False
 
     def __post_init__(self):
         checks = {"aggregate": ("mean", "max", "first"), "normalisation": ("mean", "none"),
-                  "sinks": ("none", "corners", "outliers")}
+                  "sinks": ("none", "corners", "outliers"), "views": VIEW_CHOICES}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise AttendsegError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -179,7 +182,8 @@ class Grounder:
         for phrase in phrases:
             image_map = trace_image_map(trace, phrase.tokens, aggregate=self.settings.aggregate,
                                         normalisation=self.settings.normalisation,
-                                        sinks=self.settings.sinks, layers=layers)
+                                        sinks=self.settings.sinks, layers=layers,
+                                        views=self.settings.views)
             for prompt in self._prompts(image_map):
                 entries.append((phrase, image_map))
                 prompts.append(prompt)

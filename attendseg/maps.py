@@ -6,8 +6,10 @@ pure function (no state, no model):
 1. :func:`phrase_map` — aggregate the maps of a phrase's tokens (mean | max | first).
 2. :func:`normalise` — subtract the mean map over all recorded tokens (the paper's), or not.
 3. :func:`suppress_sinks` — optionally flatten attention-sink cells (view corners, or outliers).
-4. :func:`to_image` — bicubic upsampling of every view's grid into the original image frame,
-   undoing pad-to-square, resize, centre crop and tiling exactly.
+4. :func:`select_views` + :func:`to_image` — the views to use (``"fused"``, ``"base"`` or
+   ``"tiles"`` of a multi-view model), bicubic upsampling of every view's grid into the original
+   image frame, undoing pad-to-square, resize, centre crop and tiling exactly, and fusion of
+   several views into one map (the only place views are fused).
 5. :func:`peaks` — the argmax pixel, or the top-k separated peaks for several instances.
 6. :func:`threshold_region` — the thresholded map's connected region around a point (used by the
    ``threshold`` refiner and for box prompts).
@@ -37,6 +39,7 @@ from .views import View
 AGGREGATES = ("mean", "max", "first")
 NORMALISATIONS = ("mean", "none")
 SINK_METHODS = ("none", "corners", "outliers")
+VIEW_CHOICES = ("fused", "base", "tiles")
 
 __all__ = [
     "AGGREGATES",
@@ -47,6 +50,7 @@ __all__ = [
     "suppress_sinks",
     "sink_cells",
     "view_cells",
+    "select_views",
     "to_image",
     "peaks",
     "threshold_region",
@@ -130,7 +134,7 @@ def sink_cells(token_maps, views: Sequence[View], method: str = "corners", k: fl
 
     * ``"corners"``: the four corner cells of every view (the paper's option).
     * ``"outliers"``: cells whose mean attention over all tokens, ``a = token_maps.mean(0)``, is
-      an upper outlier among the views' cells: ``a > median + k · 1.4826 · MAD`` (MAD = median
+      an upper outlier among the cells of their own view: ``a > median + k · 1.4826 · MAD`` (MAD = median
       absolute deviation, scaled to a standard deviation for normal data; ``k = 5`` by default).
       When MAD is 0 (at least half the cells equal), any cell above the median by more than
       ``1e-6`` of the median's magnitude counts. Sinks are typically 10–100× the median cell.
@@ -149,22 +153,26 @@ def sink_cells(token_maps, views: Sequence[View], method: str = "corners", k: fl
                 idx.append(v.start + r * v.row_stride + c)
         return torch.tensor(sorted(set(idx)), dtype=torch.long)
     if method == "outliers":
-        cells = view_cells(views)
-        a = _as_tensor(token_maps).mean(0)[cells]
-        med = a.median()
-        mad = (a - med).abs().median()
-        if mad > 0:
-            limit = med + k * 1.4826 * mad
-        else:
-            limit = med + 1e-6 * max(med.abs().item(), 1e-12)
-        return cells[a > limit]
+        a = _as_tensor(token_maps).mean(0)
+        found = []
+        for v in views:  # each view has its own scale (a tile grid spreads attention thinner)
+            cells = view_cells([v])
+            cell_means = a[cells]
+            med = cell_means.median()
+            mad = (cell_means - med).abs().median()
+            if mad > 0:
+                limit = med + k * 1.4826 * mad
+            else:
+                limit = med + 1e-6 * max(med.abs().item(), 1e-12)
+            found.append(cells[cell_means > limit])
+        return torch.cat(found) if found else torch.zeros(0, dtype=torch.long)
     raise ValueError(f"unknown sink method {method!r}; choose one of {SINK_METHODS}")
 
 
 def suppress_sinks(map_, token_maps, views: Sequence[View], method: str = "none", k: float = 5.0) -> torch.Tensor:
-    """Set attention-sink cells (see :func:`sink_cells`) to the map's global minimum.
+    """Set attention-sink cells (see :func:`sink_cells`) to their view's minimum.
 
-    The minimum is taken over the views' cells of ``map_`` *before* suppression.
+    Each view's minimum is taken over its cells of ``map_`` *before* suppression.
 
     Args:
         map_: ``[N]`` a phrase's (normalised) map.
@@ -179,10 +187,11 @@ def suppress_sinks(map_, token_maps, views: Sequence[View], method: str = "none"
     m = _as_tensor(map_).clone()
     if method == "none":
         return m
-    idx = sink_cells(token_maps, views, method, k=k)
-    if idx.numel():
-        cells = view_cells(views)
-        m[idx] = m[cells].min()
+    original = m.clone()
+    for v in views:
+        idx = sink_cells(token_maps, [v], method, k=k)
+        if idx.numel():
+            m[idx] = original[view_cells([v])].min()
     return m
 
 
@@ -216,6 +225,28 @@ def _covered(lo: float, hi: float, size: int) -> tuple[int, int]:
     return a, max(a, b)
 
 
+def select_views(views: Sequence[View], which: str = "fused") -> list[View]:
+    """The views a map is built from.
+
+    * ``"fused"``: all of them (default);
+    * ``"base"``: the whole-image views (``kind`` ``"global"``: LLaVA-NeXT's base image,
+      Idefics3's global image, InternVL's thumbnail);
+    * ``"tiles"``: the high-resolution views (``kind`` ``"tile"``: tiles, the stitched tile grid,
+      crops).
+
+    A single-view model (``kind`` ``"image"``) answers its one view to every choice.
+    """
+    if which not in VIEW_CHOICES:
+        raise ValueError(f"unknown views choice {which!r}; choose one of {VIEW_CHOICES}")
+    if which == "fused":
+        return list(views)
+    kind = "global" if which == "base" else "tile"
+    chosen = [v for v in views if v.kind in (kind, "image")]
+    if not chosen:
+        raise ValueError(f"these views have no {which} view (kinds: {sorted({v.kind for v in views})})")
+    return chosen
+
+
 def to_image(map_, views: Sequence[View], image_size: tuple[int, int]) -> np.ndarray:
     """A map over image tokens → a float32 ``[H, W]`` map in the original image frame.
 
@@ -228,8 +259,12 @@ def to_image(map_, views: Sequence[View], image_size: tuple[int, int]) -> np.nda
     pad-to-square (box larger than the image: the outside is cropped away), resize (box = image)
     and centre crop / tiles (box inside the image) are all undone exactly.
 
-    Several views are fused by averaging where they overlap. Pixels covered by no view get the
-    minimum of the map over all views' cells (never NaN).
+    Several views are fused as attention *density*: each view's upsampled map is divided by its
+    cell area in original pixels (a view with four times as many, four times smaller cells
+    spreads the same attention over four times as many tokens) and the views covering a pixel
+    are summed, the result multiplied by the largest cell area so that a single view's map is
+    returned unchanged. Pixels covered by no view get the minimum of the map over all views'
+    cells (never NaN).
 
     Args:
         map_: ``[N]`` map (torch or numpy).
@@ -247,6 +282,7 @@ def to_image(map_, views: Sequence[View], image_size: tuple[int, int]) -> np.nda
     total = np.zeros((H, W), dtype=np.float64)
     count = np.zeros((H, W), dtype=np.float64)
     lows = []
+    largest = max((v.cell_size[0] * v.cell_size[1] for v in views), default=1.0)
     for v in views:
         grid = v.to_grid(m).numpy()  # [h, w]
         lows.append(grid.min())
@@ -260,12 +296,13 @@ def to_image(map_, views: Sequence[View], image_size: tuple[int, int]) -> np.nda
         u = (np.arange(ja, jb) + 0.5 - x0) / cw - 0.5
         r = (np.arange(ia, ib) + 0.5 - y0) / ch - 0.5
         up = _cubic_weights(r, h) @ grid @ _cubic_weights(u, w).T
-        total[ia:ib, ja:jb] += up
+        weight = largest / (cw * ch)
+        total[ia:ib, ja:jb] += up if weight == 1.0 else up * weight
         count[ia:ib, ja:jb] += 1
     fill = min(lows) if lows else 0.0
     out = np.full((H, W), fill, dtype=np.float64)
     hit = count > 0
-    out[hit] = total[hit] / count[hit]
+    out[hit] = total[hit]
     return out.astype(np.float32)
 
 
@@ -386,15 +423,18 @@ def trace_image_map(
     k: float = 5.0,
     layers=None,
     heads=None,
+    views: str = "fused",
 ) -> np.ndarray:
     """Steps 1–4 in one call: a phrase's ``[H, W]`` float32 map in the original image frame.
 
     ``trace.token_maps(layers, heads)`` → :func:`phrase_map` (``aggregate``) → :func:`normalise`
-    (``normalisation``, over all the trace's tokens) → :func:`suppress_sinks` (``sinks``, ``k``)
-    → :func:`to_image` through ``trace.views`` at ``trace.image_size``.
+    (``normalisation``, over all the trace's tokens) → :func:`suppress_sinks` (``sinks``, ``k``,
+    per view) → :func:`to_image` through ``select_views(trace.views, views)`` at
+    ``trace.image_size``.
     """
+    chosen = select_views(trace.views, views)
     tm = trace.token_maps(layers=layers, heads=heads)
     m = phrase_map(tm, token_indices, aggregate)
     m = normalise(m, tm, normalisation)
-    m = suppress_sinks(m, tm, trace.views, sinks, k=k)
-    return to_image(m, trace.views, trace.image_size)
+    m = suppress_sinks(m, tm, chosen, sinks, k=k)
+    return to_image(m, chosen, trace.image_size)

@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 
+VIEW_KINDS = ("image", "global", "tile")
+
+
 @dataclass(frozen=True)
 class View:
     """One grid of image tokens and the original-image box it covers.
@@ -32,6 +35,10 @@ class View:
         row_stride: tokens per grid row in the sequence: ``w``, or ``w + 1`` when every row ends
             with a separator token (which :meth:`to_grid` drops).
         name: a label ("base", "tile 0,1", …), informational.
+        kind: the view's role among a row's views: ``"image"`` (the only view), ``"global"`` (the
+            whole image at low resolution beside tiles: LLaVA-NeXT's base image, Idefics3's global
+            image, InternVL's thumbnail) or ``"tile"`` (a tile, the stitched tile grid, or a
+            crop). Multi-view fusion (:func:`attendseg.maps.select_views`) chooses by kind.
     """
 
     start: int
@@ -39,6 +46,7 @@ class View:
     box: tuple[float, float, float, float]
     row_stride: int = 0
     name: str = "image"
+    kind: str = "image"
 
     def __post_init__(self):
         object.__setattr__(self, "grid", tuple(int(v) for v in self.grid))
@@ -47,6 +55,8 @@ class View:
             object.__setattr__(self, "row_stride", self.grid[1])
         if self.row_stride < self.grid[1]:
             raise ValueError(f"row_stride {self.row_stride} < grid width {self.grid[1]}")
+        if self.kind not in VIEW_KINDS:
+            raise ValueError(f"kind must be one of {VIEW_KINDS}, got {self.kind!r}")
 
     @property
     def n_tokens(self) -> int:
@@ -95,6 +105,7 @@ class View:
             box=tuple(d["box"]),
             row_stride=d.get("row_stride", 0),
             name=d.get("name", "image"),
+            kind=d.get("kind", "image"),
         )
 
 

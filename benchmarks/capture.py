@@ -225,7 +225,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--text-config", default="7b-shape-narrow", choices=sorted(TEXT_CONFIGS))
     parser.add_argument("--write", type=Path, help="markdown file to record the table in")

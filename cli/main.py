@@ -114,6 +114,7 @@ def ground(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."),
     normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's, else mean)."),
     sinks: Optional[str] = typer.Option(None, "--sinks", help="none | corners | outliers."),
+    views: Optional[str] = typer.Option(None, "--views", help="fused | base | tiles: which views of a multi-view model (LLaVA-NeXT, …) make the map (default fused)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose JSON already exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
@@ -123,7 +124,8 @@ def ground(
 
     _quiet_transformers()
     out = _output_folder(out, paths)
-    settings = {k: v for k, v in dict(normalisation=normalisation, sinks=sinks).items() if v is not None}
+    settings = {k: v for k, v in dict(normalisation=normalisation, sinks=sinks, views=views).items()
+                if v is not None}
     try:
         jobs, ignored = collect(paths, exclude=out)
         if not jobs:
@@ -273,6 +275,26 @@ def eval_shapes(
     except AttendsegError as error:
         _fail(str(error))
     typer.echo(json.dumps(results, indent=1) if json_out else format_table(results))
+
+
+@app.command()
+def models(json_out: bool = typer.Option(False, "--json", help="Print the families as JSON.")):
+    """List the supported model families: their model types, example hub ids and view layouts."""
+    import json
+
+    from attendseg.adapters import adapters
+
+    rows = [dict(family=cls.family, model_types=list(cls.model_types), model_class=cls.model_class,
+                 hub_ids=list(cls.hub_ids), layout=cls.layout) for cls in adapters()]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        typer.echo(f"{row['family']}  (model_type: {', '.join(row['model_types'])}; {row['model_class']})")
+        typer.echo(f"  views: {row['layout']}")
+        for hub_id in row["hub_ids"]:
+            typer.echo(f"  --model {hub_id}")
+    typer.echo("Any local folder of these architectures works too (--model ./folder).")
 
 
 def _parse_layers(spec: Optional[str]):

@@ -25,8 +25,8 @@ Public API:
 - :class:`DiffusionVisionTower`, :class:`SDCLIPBlock`, :func:`unet_up_block_features`: the
   encoder pieces (early-stopping UNet features at any up-block(s), timestep, ensemble size).
 - :func:`make_processor`: the ``LlavaProcessor`` (grey pad, 384 px, [-1, 1], 24 × 24 tokens).
-- :class:`DiffLMMAdapter`: the attendseg adapter (LLaVA's, with :func:`load_difflmm`); not
-  registered on import.
+- :class:`DiffLMMAdapter`: the attendseg adapter (LLaVA's, with :func:`load_difflmm`), registered
+  under ``model_type`` ``difflmm`` and ``llava_llama`` like every built-in family.
 - :mod:`attendseg.encoders.tiny`: tiny random models and release-layout writers for tests.
 """
 
@@ -60,7 +60,7 @@ def _register() -> None:
 
 _register()
 
-from .adapter import DiffLMMAdapter  # noqa: E402  (not registered: attendseg.adapters does that)
+from .adapter import DiffLMMAdapter  # noqa: E402  (registers itself with attendseg.adapters)
 
 __all__ = [
     "DiffLMMAdapter",

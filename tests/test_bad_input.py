@@ -35,7 +35,7 @@ def test_not_a_llava_architecture(tmp_path):
     from transformers import BertConfig
 
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
-    with pytest.raises(AttendsegError, match="no adapter.*supported families: difflmm, llava"):
+    with pytest.raises(AttendsegError, match=r"no adapter.*\(bert\).*supported families.*difflmm.*llava \(llava\)"):
         attendseg.load(tmp_path)
 
 

@@ -7,6 +7,7 @@ from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
 import attendseg
+from eager_reference import generation_maps, teacher_maps
 
 PROMPTS = ["describe the image", "is there a red circle on the left of the blue square"]
 TEXTS = ["a red circle", "a blue square on the left of a large green star"]
@@ -35,31 +36,19 @@ def eager(checkpoint):
     return LlavaForConditionalGeneration.from_pretrained(checkpoint, attn_implementation="eager").eval()
 
 
-def image_columns(attn, key_index):
-    """[B, H, q, kv] eager attention → [B, H, q, N] at each row's image-key positions."""
-    index = key_index[:, None, None, :].expand(attn.shape[0], attn.shape[1], attn.shape[2], -1)
-    return attn.gather(-1, index)
-
-
 def test_generation_matches_eager_output_attentions(attender, eager):
     traces = attender.attend(images(), PROMPTS, max_new_tokens=8, per_layer=True, per_head=True)
     prepared = attender.adapter.prepare(images(), PROMPTS)
-    with torch.no_grad():
-        ref = eager.generate(**prepared.inputs, max_new_tokens=8, do_sample=False,
-                             output_attentions=True, return_dict_in_generate=True,
-                             pad_token_id=attender.adapter.tokenizer.pad_token_id,
-                             **attender.adapter.generation_defaults())
-    # per step: [B, L, H, N] of the last query row, i.e. the row predicting that step's token
-    steps = [torch.stack([image_columns(layer, prepared.key_index)[:, :, -1] for layer in step], 1)
-             for step in ref.attentions]
-    reference = torch.stack(steps, 1)  # [B, T, L, H, N]
+    sequences, reference = generation_maps(eager, prepared, max_new_tokens=8,
+                                           pad_token_id=attender.adapter.tokenizer.pad_token_id,
+                                           **attender.adapter.generation_defaults())
     assert prepared.inputs["attention_mask"][0].sum() != prepared.inputs["attention_mask"][1].sum()
     for b, trace in enumerate(traces):
         T = len(trace)
         assert T >= 1
         assert trace.maps.shape == (T, attender.n_layers, attender.n_heads, trace.n_image_tokens)
-        assert torch.allclose(trace.maps, reference[b, :T], atol=1e-5, rtol=0)
-        generated = ref.sequences[b, prepared.inputs["input_ids"].shape[1]:][:T]
+        assert torch.allclose(trace.maps, reference[b][:T], atol=1e-5, rtol=0)
+        generated = sequences[b, prepared.inputs["input_ids"].shape[1]:][:T]
         assert torch.equal(trace.token_ids, generated)
 
 
@@ -80,17 +69,10 @@ def test_generated_tokens_identical_to_plain_sdpa(attender, checkpoint):
 def test_teacher_forcing_matches_eager(attender, eager, rows, shift):
     traces = attender.attend_text(images(), PROMPTS, TEXTS, rows=rows, per_layer=True, per_head=True)
     prepared = attender.adapter.prepare(images(), PROMPTS, TEXTS)
-    with torch.no_grad():
-        out = eager(**prepared.inputs, output_attentions=True)
-    seq = prepared.inputs["input_ids"].shape[1]
+    reference = teacher_maps(eager, prepared, shift)
     for b, trace in enumerate(traces):
-        r = len(trace)
         assert trace.tokens == TEXTS[b].split()
-        positions = torch.arange(seq - r - shift, seq - shift)
-        reference = torch.stack(
-            [image_columns(layer, prepared.key_index)[b][:, positions] for layer in out.attentions]
-        )  # [L, H, r, N]
-        assert torch.allclose(trace.maps, reference.permute(2, 0, 1, 3), atol=1e-5, rtol=0)
+        assert torch.allclose(trace.maps, reference[b], atol=1e-5, rtol=0)
 
 
 def test_layer_and_head_selection_reduce_like_the_reference(attender):
@@ -162,21 +144,10 @@ def test_sliding_window_layers_match_eager(tmp_path):
                             per_head=True)[0]
     eager = LlavaForConditionalGeneration.from_pretrained(folder, attn_implementation="eager").eval()
     prepared = attender.adapter.prepare(image, PROMPTS[:1])
-    with torch.no_grad():
-        ref = eager.generate(**prepared.inputs, max_new_tokens=24, min_new_tokens=24, do_sample=False,
-                             output_attentions=True, return_dict_in_generate=True,
-                             **attender.adapter.generation_defaults())
-    start, keys = prepared.inputs["input_ids"].shape[1], prepared.key_index[0]
-    truncated = 0
-    for t, step in enumerate(ref.attentions):
-        for layer, attn in enumerate(step):
-            row = attn[0, :, -1]  # [H, kv]: the window the cache still holds
-            index = keys - (start + t - row.shape[-1])
-            truncated += bool((index < 0).any())
-            expected = torch.where(index >= 0, row.gather(-1, index.clamp(min=0).expand(row.shape[0], -1)),
-                                   torch.zeros(()))
-            assert torch.allclose(trace.maps[t, layer], expected, atol=1e-5), (t, layer)
-    assert truncated > 0  # the window really dropped image keys
+    sequences, reference = generation_maps(eager, prepared, max_new_tokens=24, min_new_tokens=24,
+                                           **attender.adapter.generation_defaults())
+    assert torch.allclose(trace.maps, reference[0], atol=1e-5)
+    assert (reference[0][:, 2:] == 0).any()  # the window (layers 2, 3) really dropped image keys
 
 
 @pytest.mark.parametrize("options", [{"use_cache": False}, {"cache_implementation": "static"}])
@@ -186,14 +157,9 @@ def test_uncached_and_static_cache_generation_match_eager(request, options):
     eager = LlavaForConditionalGeneration.from_pretrained(attender.model_id, attn_implementation="eager").eval()
     traces = attender.attend(images(), PROMPTS, max_new_tokens=6, per_layer=True, **options)
     prepared = attender.adapter.prepare(images(), PROMPTS)
-    with torch.no_grad():
-        ref = eager.generate(**prepared.inputs, max_new_tokens=6, do_sample=False, output_attentions=True,
-                             return_dict_in_generate=True, **attender.adapter.generation_defaults())
-    steps = [torch.stack([image_columns(layer, prepared.key_index)[:, :, -1] for layer in step], 1)
-             for step in ref.attentions]
-    reference = torch.stack(steps, 1).mean(3)  # [B, T, L, N], heads averaged
+    _, reference = generation_maps(eager, prepared, max_new_tokens=6, **attender.adapter.generation_defaults())
     for b, trace in enumerate(traces):
-        assert torch.allclose(trace.maps[:, :, 0], reference[b, :len(trace)], atol=1e-5, rtol=0)
+        assert torch.allclose(trace.maps[:, :, 0], reference[b][:len(trace)].mean(2), atol=1e-5, rtol=0)
 
 
 def test_generate_options_capture_cannot_follow_are_refused(attender):
@@ -201,3 +167,43 @@ def test_generate_options_capture_cannot_follow_are_refused(attender):
         attender.attend(images()[0], PROMPTS[0], prompt_lookup_num_tokens=3)
     with pytest.raises(attendseg.AttendsegError, match="return_dict_in_generate"):
         attender.attend(images()[0], PROMPTS[0], return_dict_in_generate=True)
+
+
+def test_decode_steps_use_the_recorded_probabilities_and_keep_plain_sdpa_logits(checkpoint, monkeypatch):
+    """Each decode step computes attention once (the record's fp32 probabilities give the output);
+    logits stay as close to plain sdpa as eager attention is, and the tokens are the same."""
+    from attendseg import capture
+
+    captured = attendseg.load(checkpoint)
+    prepared = captured.adapter.prepare(images(), PROMPTS)
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, output_logits=True,
+                  return_dict_in_generate=True, pad_token_id=captured.adapter.tokenizer.pad_token_id)
+    calls, real = [], capture.attention_output
+
+    def spy(probs, value):
+        calls.append(probs.shape)
+        output = real(probs, value)
+        assert torch.allclose(output, _eager_output(probs, value), atol=1e-6)
+        return output
+
+    monkeypatch.setattr(capture, "attention_output", spy)
+    recorder = capture.Recorder(prepared.key_index, range(captured.n_layers))
+    with torch.no_grad(), capture.recording(recorder):
+        out = captured.model.generate(**prepared.inputs, **kwargs)
+    assert len(calls) == 7 * captured.n_layers and all(shape[2] == 1 for shape in calls)  # decode steps only
+    outputs = {}
+    for implementation in ("sdpa", "eager"):
+        model = LlavaForConditionalGeneration.from_pretrained(checkpoint, attn_implementation=implementation).eval()
+        with torch.no_grad():
+            outputs[implementation] = model.generate(**prepared.inputs, **kwargs)
+    assert torch.equal(out.sequences, outputs["sdpa"].sequences)
+    for ours, sdpa, eager in zip(out.logits, outputs["sdpa"].logits, outputs["eager"].logits):
+        assert (ours - sdpa).abs().max() <= max(2 * (eager - sdpa).abs().max(), 1e-5)
+
+
+def _eager_output(probs, value):
+    """Eager attention's output, written out: probabilities in value's dtype × repeated values."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    values = repeat_kv(value, probs.shape[1] // value.shape[1])
+    return torch.matmul(probs.to(value.dtype), values).transpose(1, 2).contiguous()

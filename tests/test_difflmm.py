@@ -23,6 +23,7 @@ from attendseg.encoders import (
 )
 from attendseg.encoders.tiny import build_tiny_difflmm, write_released_layout
 from attendseg.errors import AttendsegError
+from eager_reference import generation_maps
 
 WORDS = "describe the image a red green blue circle square on left right of".split()
 
@@ -333,22 +334,12 @@ def test_capture_equals_eager_reference(tiny, tmp_path):
     traces = attender.attend(images, prompts, max_new_tokens=4, per_layer=True, per_head=True)
     eager = DiffLMMForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").eval()
     prepared = adapter.prepare(images, prompts)
-    with torch.no_grad():
-        ref = eager.generate(**prepared.inputs, max_new_tokens=4, do_sample=False, output_attentions=True,
-                             return_dict_in_generate=True, pad_token_id=processor.tokenizer.pad_token_id)
-    key_index = prepared.key_index
-    steps = []
-    for step in ref.attentions:
-        layers = []
-        for layer in step:  # [B, H, q, kv] → last query row at the image keys
-            index = key_index[:, None, :].expand(layer.shape[0], layer.shape[1], -1)
-            layers.append(layer[:, :, -1].gather(-1, index))
-        steps.append(torch.stack(layers, 1))
-    reference = torch.stack(steps, 1)  # [B, T, L, H, N]
+    sequences, reference = generation_maps(eager, prepared, max_new_tokens=4,
+                                           pad_token_id=processor.tokenizer.pad_token_id)
     for b, trace in enumerate(traces):
         assert trace.maps.shape[-1] == 64
-        assert torch.allclose(trace.maps, reference[b, : len(trace)], atol=1e-5, rtol=0)
-        assert torch.equal(trace.token_ids, ref.sequences[b, prepared.inputs["input_ids"].shape[1]:][: len(trace)])
+        assert torch.allclose(trace.maps, reference[b][: len(trace)], atol=1e-5, rtol=0)
+        assert torch.equal(trace.token_ids, sequences[b, prepared.inputs["input_ids"].shape[1]:][: len(trace)])
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -20,6 +20,11 @@ def attender(request):
     return attendseg.load(request.getfixturevalue(request.param))
 
 
+def image_view(attender, image):
+    """The View the adapter derives from the processor's output for this image."""
+    return attender.adapter.prepare([image], ["describe the image"]).views[0][0]
+
+
 def patch_embeddings(attender, image):
     """[h, w, C] conv patch embeddings of one image, straight from the vision tower."""
     pixel_values = attender.processor(images=[image], text=["<image>"], return_tensors="pt")["pixel_values"]
@@ -45,7 +50,7 @@ def perturb(array, x0, y0, x1, y1):
 @pytest.mark.parametrize("block", [(1, 2, 3, 5), (5, 0, 7, 3), (0, 5, 2, 7)])
 def test_perturbing_a_region_changes_exactly_its_cells(attender, photos, height, width, block):
     photo = np.asarray(Image.fromarray(photos["astronaut"]).resize((width, height)))
-    view = attender.adapter.views(Image.fromarray(photo))[0]
+    view = image_view(attender, Image.fromarray(photo))
     r0, c0, r1, c1 = block  # cells rows r0..r1, columns c0..c1 (inclusive)
     x0, y0, _, _ = view.cell_box(r0, c0)
     _, _, x1, y1 = view.cell_box(r1, c1)
@@ -70,7 +75,7 @@ def test_perturbing_a_region_changes_exactly_its_cells(attender, photos, height,
 def test_cropped_away_pixels_change_nothing(request, photos):
     attender = attendseg.load(request.getfixturevalue("tiny_llava"))
     photo = np.asarray(Image.fromarray(photos["coffee"]).resize((200, 100)))
-    x0, _, x1, _ = attender.adapter.views(Image.fromarray(photo))[0].box
+    x0, _, x1, _ = image_view(attender, Image.fromarray(photo)).box
     assert x0 > 40 and x1 < 160  # centre crop of a 2:1 image keeps the middle square
     left_strip = perturb(photo, 0, 0, x0 - 4, 100)
     right_strip = perturb(photo, x1 + 4, 0, 200, 100)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from attendseg.maps import (
     normalise,
+    select_views,
     peaks,
     phrase_map,
     sink_cells,
@@ -64,7 +65,8 @@ def test_suppress_corners():
     out = suppress_sinks(m, torch.zeros(2, 19), views, "corners")
     corners = [0, 3, 10, 13, 15, 16, 17, 18]
     assert sink_cells(None, views, "corners").tolist() == corners
-    assert torch.all(out[corners] == 10.0)  # the minimum over cells
+    assert torch.all(out[corners[:4]] == 10.0)  # each view's own minimum over its cells
+    assert torch.all(out[corners[4:]] == 25.0)
     others = [i for i in range(19) if i not in corners]
     assert torch.equal(out[others], m[others])
     assert torch.equal(suppress_sinks(m, None, views, "none"), m)
@@ -152,15 +154,24 @@ def test_peak_cell_lands_in_its_pixel_region(mode, size):
         assert view.cell_of(px, py) == (r, c)
 
 
-def test_to_image_fuses_views_by_averaging():
+def test_to_image_fuses_views_as_attention_density():
     W, H = 40, 30
-    views = two_views()
+    views = two_views()  # base cells 10 × 10 px, tile cells 10 × 7.5 px
     m = torch.zeros(19)
     m[view_cells(views[:1])] = 3.0
     m[15:19] = 1.0
     img = to_image(m, views, (W, H))
-    assert np.allclose(img[:15, :20], 2.0)  # base and tile overlap
+    assert np.allclose(img[:15, :20], 3.0 + 1.0 * 100 / 75)  # overlap: densities summed, base's scale
     assert np.allclose(img[15:, :], 3.0) and np.allclose(img[:, 20:], 3.0)
+    # the same attention mass per pixel through a coarse and a fine view gives a flat map
+    coarse, fine = View(0, (3, 4), (0, 0, W, H), kind="global"), View(12, (6, 8), (0, 0, W, H), kind="tile")
+    flat = torch.cat([torch.full((12,), 1 / 12), torch.full((48,), 1 / 48)])
+    assert np.allclose(to_image(flat, [coarse, fine], (W, H)), 2 / 12, atol=1e-6)
+    assert select_views([coarse, fine], "base") == [coarse] and select_views([coarse, fine], "tiles") == [fine]
+    single = View(0, (2, 2), (0, 0, W, H))  # kind "image": the answer to every choice
+    assert select_views([single], "tiles") == select_views([single], "base") == [single]
+    with pytest.raises(ValueError, match="no tiles view"):
+        select_views([coarse], "tiles")
     # a view covering only part of the image: the rest is the minimum, never NaN
     part = to_image(torch.arange(4.0) + 5, [View(0, (2, 2), (10, 10, 20, 20))], (W, H))
     assert np.isfinite(part).all() and part[0, 0] == 5.0 and part[:10].max() == 5.0

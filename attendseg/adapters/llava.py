@@ -8,99 +8,34 @@ own steps so the View's box is the exact original-image region the token grid se
 from __future__ import annotations
 
 import numpy as np
-import torch
-from PIL import Image
 
 from ..errors import AttendsegError
 from ..views import View
-from . import Adapter, Prepared, register_adapter
+from . import Adapter, register_adapter
 
 
 @register_adapter
 class LlavaAdapter(Adapter):
     family = "llava"
-
-    @classmethod
-    def matches(cls, config) -> bool:
-        return getattr(config, "model_type", None) == "llava"
-
-    @classmethod
-    def load(cls, path, dtype, device):
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-        processor = AutoProcessor.from_pretrained(path)
-        return cls(model, processor)
+    model_types = ("llava",)
+    model_class = "LlavaForConditionalGeneration"
+    hub_ids = ("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf")
+    layout = "one square grid (24 × 24 at 336 px): centre crop or pad-to-square, mapped to original pixels"
 
     @property
     def language_model(self):
         return self.model.model.language_model
 
-    @property
-    def image_token_id(self) -> int:
-        return self.model.config.image_token_id
-
-    def chat_prompt(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
-
-    def views(self, image: Image.Image) -> list[View]:
-        box, (height, width) = processor_box(self.processor.image_processor, *image.size)
+    def row_views(self, batch, row, image) -> list[View]:
+        """One grid: the output tensor's size (``pixel_values`` ``[B, 3, h·p, w·p]``) over the
+        patch size, covering the original-image box the processor's steps keep."""
+        box, expected = processor_box(self.processor.image_processor, *image.size)
+        out_h, out_w = batch["pixel_values"].shape[-2:]
+        if (out_h, out_w) != tuple(expected):
+            raise AttendsegError(f"the image processor returned {out_h}×{out_w} pixels where its settings "
+                                 f"give {expected[0]}×{expected[1]}: unsupported image processor")
         patch = self.processor.patch_size
-        return [View(start=0, grid=(height // patch, width // patch), box=box)]
-
-    def prepare(self, images, prompts, texts=None) -> Prepared:
-        tokenizer = self.tokenizer
-        tokenizer.padding_side = "left"
-        image_token = getattr(self.processor, "image_token", "<image>")
-        for what, values in (("prompt", prompts), ("text", texts or [])):
-            if any(image_token in v for v in values):
-                raise AttendsegError(f"the {what} contains {image_token!r}: attendseg places the image "
-                                     f"itself; write the {what} without it")
-        chat = [self.chat_prompt(p) for p in prompts]
-        batch = self.processor(images=images, text=chat, return_tensors="pt", padding=True)
-        text_ids, text_offsets = [], []
-        if texts is not None:
-            rows = []
-            for ids, mask, text in zip(batch["input_ids"], batch["attention_mask"], texts):
-                encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-                text_ids.append(torch.tensor(encoded["input_ids"], dtype=torch.long))
-                text_offsets.append(torch.tensor(encoded["offset_mapping"], dtype=torch.long).view(-1, 2))
-                rows.append(torch.cat([ids[mask.bool()], text_ids[-1]]))
-            batch["input_ids"], batch["attention_mask"] = left_pad(rows, tokenizer.pad_token_id)
-        ids = batch["input_ids"]
-        key_index = [torch.nonzero(row == self.image_token_id).squeeze(1) for row in ids]
-        views = [self.views(image) for image in images]
-        for keys, row_views in zip(key_index, views):
-            expected = sum(v.n_tokens for v in row_views)
-            if keys.numel() != expected:
-                raise AttendsegError(
-                    f"{keys.numel()} image tokens in the sequence, but the processor's grid has {expected}: "
-                    f"unsupported processor settings (vision_feature_select_strategy "
-                    f"{getattr(self.model.config, 'vision_feature_select_strategy', '?')!r})")
-        device = self.model.device
-        inputs = {k: v.to(device) for k, v in batch.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return Prepared(
-            inputs=inputs,
-            key_index=torch.stack(key_index),
-            views=views,
-            text_lengths=[len(t) for t in text_ids],
-            text_ids=text_ids,
-            text_offsets=text_offsets,
-        )
-
-
-def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D id tensors, left-padded: ``([B, S] ids, [B, S] attention mask)``."""
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, length - len(row) :] = row
-        mask[i, length - len(row) :] = 1
-    return ids, mask
+        return [View(start=0, grid=(out_h // patch, out_w // patch), box=box)]
 
 
 def processor_box(image_processor, width: int, height: int):

@@ -1,4 +1,7 @@
-"""Tiny random-weight LLaVA checkpoints built from configs, saved like hub checkpoints.
+"""Tiny random-weight checkpoints built from configs, saved like hub checkpoints.
+
+This package holds the LLaVA-1.5 builder and the shared pieces (word-level tokenizer, SAM); each
+other model family's builder lives in its own module here (``attendseg.tiny.<family>``).
 
 Used by the tests, the benchmarks, README's fallback run and the shapes-world model: the folder
 written by :func:`build_llava` loads through exactly the code path a hub id takes
