@@ -247,12 +247,14 @@ def test_eval_gcg_user_mistakes_are_one_line(tmp_path):
     result = runner.invoke(app, ["eval", "gcg", str(tmp_path), "--text-encoder", str(tmp_path / "nope"), "-q"])
     assert result.exit_code == 2 and "could not be loaded" in result.output
     result = runner.invoke(app, ["eval", "gcg", str(tmp_path), "--predictions", str(tmp_path), "--text-encoder",
-                                 "none", "-q"])
+                                 "none", "--out", str(tmp_path / "run"), "-q"])
     assert result.exit_code == 2 and "2 of 2 images have no prediction" in result.output
-    result = runner.invoke(app, ["eval", "gcg", str(tmp_path), "--text-encoder", "none", "-q"])
+    result = runner.invoke(app, ["eval", "gcg", str(tmp_path), "--text-encoder", "none", "--out",
+                                 str(tmp_path / "run"), "-q"])
     assert result.exit_code == 2 and "images are missing" in result.output
 
 
+@pytest.mark.slow
 def test_caption_metrics_equal_coco_eval_cap(monkeypatch):
     """METEOR and CIDEr as GLaMM's COCOEvalCap run computes them (its SPICE, which downloads
     models, replaced by a stub). Needs pycocoevalcap and Java; skipped without them."""
