@@ -216,6 +216,107 @@ class Attender:
         return self._run(images, prompt, text, rows, layers, heads, per_layer, per_head,
                          batch_size, progress, None)
 
+    def attend_texts(self, image, prompt: str, texts: Sequence[str], rows: str = "predicting", layers="all",
+                     heads="all", per_layer: bool = False, per_head: bool = False,
+                     batch_size: int | None = None) -> list[Trace]:
+        """Teacher-force several texts on one image, encoding the image and prompt once.
+
+        The prefix (image + chat prompt, all but its last token) runs once with a KV cache; each
+        batch of texts then runs from a copy of that cache: one row per text, ``[last prompt
+        token, text tokens]``, left-padded within the batch, with position ids continuing the
+        prefix's. The traces equal ``attend_text(image, prompt, text)`` per text (to float
+        rounding). Families whose adapter says ``shared_prefix = False`` (multimodal rotary
+        positions) recompute image + prompt per text instead.
+
+        Args:
+            image: one image; prompt: one prompt; texts: the answers to teacher-force.
+            batch_size: texts per model call (default: all at once).
+
+        Returns:
+            one :class:`Trace` per text, in order.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise AttendsegError("no texts given")
+        texts = _per_image(texts, len(texts), "text")
+        if rows not in ROWS:
+            raise AttendsegError(f"rows must be one of {ROWS}, got {rows!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise AttendsegError(f"batch_size must be a positive integer, got {batch_size!r}")
+        pil = load_image(image)
+        options = dict(rows=rows, layers=layers, heads=heads, per_layer=per_layer, per_head=per_head)
+        if not self.adapter.shared_prefix:
+            return self.attend_text([pil] * len(texts), prompt, texts, batch_size=batch_size, **options)
+        layer_list = _layer_list(layers, self.n_layers)
+        head_list = _head_list(heads, self.n_heads)
+        prompt = _per_image(prompt, 1, "prompt")[0]
+        if any(self.adapter.image_token in t for t in texts):
+            raise AttendsegError(f"the text contains {self.adapter.image_token!r}: attendseg places the image "
+                                 f"itself; write the text without it")
+        prefix = self.adapter.prepare([pil], [prompt])
+        cache = self._prefix_cache(prefix.inputs)
+        size = batch_size or len(texts)
+        traces = []
+        for start in range(0, len(texts), size):
+            chunk = texts[start:start + size]
+            traces += self._run_from_prefix(pil, prompt, prefix, cache, chunk, rows, layer_list, head_list,
+                                            per_layer, per_head)
+        return traces
+
+    def _prefix_cache(self, inputs: dict):
+        """The KV cache of all but the last token of a one-row prefix (its last token is re-run
+        with the texts: its row predicts their first token)."""
+        trimmed = {k: (v[:, :-1] if isinstance(v, torch.Tensor) and v.shape == inputs["input_ids"].shape else v)
+                   for k, v in inputs.items()}
+        with torch.inference_mode():
+            out = self.model(**trimmed, use_cache=True, logits_to_keep=1)
+        return out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5.2x
+
+    def _cache_argument(self) -> str:
+        """The forward argument that takes a KV cache (``cache``; ``past_key_values`` before
+        transformers renamed it)."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def _run_from_prefix(self, image, prompt, prefix, cache, texts, rows, layers, heads, per_layer,
+                         per_head) -> list[Trace]:
+        from transformers import DynamicCache
+
+        device = self.model.device
+        ids = prefix.inputs["input_ids"]
+        past = ids.shape[1] - 1
+        encoded = [self.adapter.text_tokens(t) for t in texts]
+        lengths = [len(t) for t, _ in encoded]
+        width = max(lengths)
+        batch = len(texts)
+        pad = self.adapter.tokenizer.pad_token_id
+        chunk_ids = torch.full((batch, 1 + width), pad, dtype=torch.long)
+        mask = torch.zeros((batch, past + 1 + width), dtype=torch.long)
+        mask[:, :past] = 1
+        positions = torch.full((batch, 1 + width), past, dtype=torch.long)
+        for b, (text_ids, _) in enumerate(encoded):
+            start = width - lengths[b]
+            chunk_ids[b, start:] = torch.cat([ids[0, -1:].cpu(), text_ids])
+            mask[b, past + start:] = 1
+            positions[b, start:] = torch.arange(past, past + 1 + lengths[b])
+        layers_kv = [(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
+                     for layer in cache.layers]
+        chunk_cache = DynamicCache(ddp_cache_data=layers_kv)
+        n_rows, shift = width, int(rows == "predicting")
+        recorder = capture.Recorder([prefix.key_index[0]] * batch, layers, heads, per_layer, per_head, n_rows, shift, past=past)
+        with torch.inference_mode(), capture.recording(recorder):
+            self.model(input_ids=chunk_ids.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device), use_cache=True, logits_to_keep=1,
+                       **{self._cache_argument(): chunk_cache})
+        maps = recorder.maps()  # [B, width, L, H, N]
+        common = dict(layers=tuple(layers), heads=tuple(heads or range(self.n_heads)), per_layer=per_layer,
+                      per_head=per_head, model_id=self.model_id, mode="teacher", rows=rows)
+        return [Trace(token_ids=text_ids, text=text, offsets=offsets,
+                      maps=maps[b, width - lengths[b]:, ..., : recorder.n_keys[b]].clone(),
+                      views=prefix.views[0], image_size=image.size, prompt=prompt, **common)
+                for b, (text, (text_ids, offsets)) in enumerate(zip(texts, encoded))]
+
     # ----------------------------------------------------------------------------- engine
     def _run(self, images, prompt, text, rows, layers, heads, per_layer, per_head, batch_size,
              progress, generate_kwargs):

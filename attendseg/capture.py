@@ -53,6 +53,8 @@ class Recorder:
         per_layer: keep each layer separately (else mean over ``layers``).
         per_head: keep each head separately (else mean over ``heads``).
         n_rows, shift: which query rows of each forward call to record (module docstring).
+        past: tokens already in the KV cache before the first recorded call (a cached prefix
+            that was run without this recorder).
 
     After the run, :meth:`maps` returns ``[B, R, L, H, N_max]`` float32 on the CPU, where ``R``
     is the number of recorded rows over all forward calls, in order; row b's columns from
@@ -68,6 +70,7 @@ class Recorder:
         per_head: bool = False,
         n_rows: int = 1,
         shift: int = 0,
+        past: int = 0,
     ):
         if not layers:
             raise ValueError("no layers to record")
@@ -81,6 +84,7 @@ class Recorder:
         self.per_head = per_head
         self.n_rows = n_rows
         self.shift = shift
+        self.past = past
         self._steps: list[torch.Tensor] = []
         self._current: torch.Tensor | None = None
         self._seq_len = 0
@@ -100,8 +104,12 @@ class Recorder:
         if slot == 0:  # the first recorded layer opens a new forward call
             first = not self._steps and self._current is None
             # tokens in the sequence so far: the whole input when there is no cache (q == kv),
-            # else one more chunk; a static cache's kv also counts its empty slots
-            self._seq_len = q_len if first or q_len == kv_len else self._seq_len + q_len
+            # else one more chunk (the first chunk after ``past`` cached tokens); a static
+            # cache's kv also counts its empty slots
+            if first:
+                self._seq_len = self.past + q_len
+            else:
+                self._seq_len = q_len if q_len == kv_len else self._seq_len + q_len
             self._flush()
         stop = q_len - self.shift
         rows = slice(max(stop - self.n_rows, 0), stop)

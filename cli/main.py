@@ -297,6 +297,90 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print the famili
     typer.echo("Any local folder of these architectures works too (--model ./folder).")
 
 
+@eval_app.command("refcoco")
+def eval_refcoco(
+    data: Optional[Path] = typer.Option(None, "--data", help="refer-layout folder holding refcoco/, refcoco+/, refcocog/ "
+                                        "(each with instances.json and refs(…).p)."),
+    dataset: str = typer.Option("refcoco", "--dataset", help="refcoco | refcoco+ | refcocog."),
+    split: str = typer.Option("val", "--split", help="val | testA | testB | test (refcocog: val | test)."),
+    split_by: Optional[str] = typer.Option(None, "--split-by", help="refs(…).p to read (default unc; umd for refcocog)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="COCO train2014 folder (default DATA/images/mscoco/images/train2014)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="A JSONL manifest of your own data instead of --data."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="The prompt the expression answers."),
+    template: str = typer.Option("{expression}", "--template", help="The teacher-forced answer, with {expression} in it."),
+    expression_map: Optional[str] = typer.Option(None, "--expression-map", help="root (the head noun's tokens, default) | all."),
+    refiner: str = typer.Option("superpixel", "--refiner", "-r", help="sam | superpixel | threshold."),
+    sam_model: Optional[str] = typer.Option(None, "--sam-model", help="SAM hub id or folder (with -r sam)."),
+    sam_choice: str = typer.Option("last", "--sam-choice", help="SAM mask: last | best-iou | whole | part | subpart."),
+    phrases: str = typer.Option("auto", "--phrases", help="Finds the head noun: auto | simple | spacy:NAME | vocab:a,b."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Per-expression records (JSONL; default "
+                                       "attendseg-refcoco/DATASET-SPLIT.jsonl); a rerun resumes it."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N more expressions."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Expressions per model call (default: all of an image's)."),
+    untrained: bool = typer.Option(False, "--untrained", help="Also score the model with random weights (small models)."),
+    random_point: bool = typer.Option(False, "--random-point", help="Also score a random point."),
+    normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the records afresh."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Referring segmentation (cIoU, gIoU) and comprehension (Acc@0.5) on RefCOCO/+/g or a manifest."""
+    from attendseg import AttendsegError
+    from attendseg.evaluation import refer  # light: bad data fails before the model imports
+
+    settings = {"normalisation": normalisation} if normalisation else {}
+    try:
+        if (data is None) == (manifest is None):
+            raise AttendsegError("give either --data (the refer layout) or --manifest (a JSONL file)")
+        if manifest is not None:
+            expressions = refer.load_manifest(manifest)
+            source = {"manifest": str(manifest.expanduser().resolve())}
+            default_out = Path("attendseg-refcoco") / f"{manifest.stem}.jsonl"
+        else:
+            expressions = refer.load_refer(data, dataset, split, split_by, images)
+            source = {"dataset": dataset, "split": split, "split_by": split_by or refer.DATASETS.get(dataset, ("",))[0]}
+            default_out = Path("attendseg-refcoco") / f"{dataset}-{split}.jsonl"
+        from attendseg.evaluation import format_table, refcoco, to_json
+
+        _quiet_transformers()
+        results = refcoco.evaluate(
+            expressions, _model(model), out or default_out, source=source, prompt=prompt or refcoco.DEFAULT_PROMPT,
+            template=template, expression_map=expression_map or refcoco.DEFAULT_EXPRESSION_MAP, refiner=refiner,
+            sam_model=sam_model, sam_choice=sam_choice, phrases=phrases, batch_size=batch_size, limit=limit,
+            untrained=untrained, random_point=random_point, overwrite=overwrite, progress=not quiet,
+            device=device, dtype=dtype, model_options=_model_options(base), **settings)
+    except AttendsegError as error:
+        _fail(str(error))
+    if json_out:
+        typer.echo(to_json(results))
+        return
+    typer.echo(format_table(results["rows"], refcoco.COLUMNS))
+    for name, lines in results["stats"].items():
+        typer.echo(f"{name}: " + "; ".join(lines) + f" — records in {results['records'][name]}")
+
+
+@export_app.command("refcoco")
+def export_refcoco(
+    folder: Path = typer.Argument(..., help="Output folder (refcoco/ and images/ are written in it)."),
+    n: int = typer.Option(100, "--n", min=1, help="Scenes per split (val, testA, testB)."),
+):
+    """Held-out shapes scenes in the refer layout (refs(unc).p, instances.json, train2014 images)."""
+    from attendseg import AttendsegError
+    from attendseg.shapes_export import export
+
+    try:
+        counts = export("refcoco", folder, n)
+    except AttendsegError as error:
+        _fail(str(error))
+    for split, images in counts["images"].items():
+        typer.echo(f"{split}: {images} images, {counts['refs'][split]} refs, {counts['expressions'][split]} expressions")
+    typer.echo(f"written under {folder}")
+
+
 def _parse_layers(spec: Optional[str]):
     from attendseg import AttendsegError
 
@@ -445,10 +529,7 @@ def export_gcg(
     n: int = typer.Option(20, "--n", min=1, help="Scenes per split (val, test)."),
 ):
     """Held-out shapes scenes in GranD-f's GCG layout (for `attendseg eval gcg`)."""
-    from attendseg.evaluation import gcg
-
-    root = gcg.export_shapes(folder, n)
-    typer.echo(f"{n} val + {n} test images written under {root}")
+    _export("gcg", folder, n)
 
 
 @export_app.command("png")
@@ -457,10 +538,20 @@ def export_png(
     n: int = typer.Option(20, "--n", min=1, help="Scenes (val2017)."),
 ):
     """Held-out shapes scenes in the Panoptic Narrative Grounding layout (for `attendseg eval png`)."""
-    from attendseg.evaluation import png
+    _export("png", folder, n)
 
-    root = png.export_shapes(folder, n)
-    typer.echo(f"{n} narratives written under {root}")
+
+def _export(kind: str, folder: Path, n: int):
+    from attendseg import AttendsegError
+    from attendseg.shapes_export import export
+
+    try:
+        counts = export(kind, folder, n)
+    except AttendsegError as error:
+        _fail(str(error))
+    for split, images in counts["images"].items():
+        typer.echo(f"{split}: {images} images, {counts['phrases'][split]} grounded phrases")
+    typer.echo(f"written under {folder}")
 
 
 if __name__ == "__main__":  # pragma: no cover

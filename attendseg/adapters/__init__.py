@@ -71,6 +71,10 @@ class Adapter(ABC):
     model_class: str = ""
     hub_ids: tuple[str, ...] = ()
     layout: str = ""
+    #: Whether texts can be teacher-forced from a cached image + prompt prefix with plain 1-D
+    #: position ids (:meth:`attendseg.attender.Attender.attend_texts`); families with multimodal
+    #: rotary positions (M-RoPE) say False and are recomputed per text.
+    shared_prefix: bool = False
 
     def __init__(self, model, processor):
         self.model = model
@@ -153,9 +157,9 @@ class Adapter(ABC):
         text_ids, text_offsets = [], []
         if texts is not None:
             for text in texts:
-                encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-                text_ids.append(torch.tensor(encoded["input_ids"], dtype=torch.long))
-                text_offsets.append(torch.tensor(encoded["offset_mapping"], dtype=torch.long).view(-1, 2))
+                ids, offsets = self.text_tokens(text)
+                text_ids.append(ids)
+                text_offsets.append(offsets)
             append_text(batch, text_ids, tokenizer.pad_token_id)
         key_index = [self.image_positions(row) for row in batch["input_ids"]]
         views = [self.row_views(batch, b, image) for b, image in enumerate(images)]
@@ -172,6 +176,14 @@ class Adapter(ABC):
                 inputs[name] = inputs[name].to(self.model.dtype)
         return Prepared(inputs=inputs, key_index=key_index, views=views,
                         text_lengths=[len(t) for t in text_ids], text_ids=text_ids, text_offsets=text_offsets)
+
+
+    def text_tokens(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A teacher-forced text's ``[r]`` token ids and ``[r, 2]`` character spans (no special
+        tokens: the text continues the assistant turn)."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return (torch.tensor(encoded["input_ids"], dtype=torch.long),
+                torch.tensor(encoded["offset_mapping"], dtype=torch.long).view(-1, 2))
 
 
 def append_text(batch, text_ids: list[torch.Tensor], pad_id: int) -> None:

@@ -16,6 +16,7 @@ from . import Adapter, register_adapter
 
 @register_adapter
 class LlavaAdapter(Adapter):
+    shared_prefix = True
     family = "llava"
     model_types = ("llava",)
     model_class = "LlavaForConditionalGeneration"
