@@ -158,3 +158,14 @@ def test_proposals_protocol_picks_the_segment_under_the_point(tmp_path):
 def test_eval_png_user_mistakes_are_one_line(tmp_path):
     result = CliRunner().invoke(app, ["eval", "png", str(tmp_path / "missing"), "-q"])
     assert result.exit_code == 2 and "no such folder" in result.output
+
+
+def test_span_phrases_keep_the_annotation_order():
+    from attendseg.phrases import SpanPhrases
+
+    text = "two people on the grass"
+    offsets = [(0, 3), (3, 10), (10, 13), (13, 17), (17, 23)]  # "two", " people", " on", " the", " grass"
+    phrases = SpanPhrases([(14, 23), (0, 10), (0, 10), (30, 40)]).extract(text, offsets)
+    assert [p.text for p in phrases] == ["the grass", "two people", "two people"]  # given order, duplicates kept
+    assert phrases[0].tokens == (3, 4) and phrases[1].tokens == (0, 1)  # every token overlapping the span
+    assert phrases[0].root == "the grass" and phrases[0].root_span == (14, 23)
