@@ -276,16 +276,18 @@ def image_record(image: GCGImage, prediction: dict, text_similarity: Callable | 
 
 
 def ap50_glamm(data: GCGData, records: Sequence[dict]) -> float:
-    """AP50 as GLaMM computes it: COCOeval ``segm`` on the mask ground truth (restricted to the
-    evaluated images), category 1, every predicted mask scored 1.0, string image ids."""
+    """AP50 as GLaMM computes it: COCOeval ``segm`` on the whole mask ground truth file (on a
+    partial run, ``--limit``, restricted to the evaluated images), category 1, every predicted
+    mask scored 1.0, the file's own (string) image ids."""
     from pycocotools.coco import COCO
     import contextlib
     import io
 
     ids = {r["id"] for r in records}
     gt = dict(data.mask_gt)
-    gt["images"] = [im for im in data.mask_gt["images"] if str(im["id"]) in ids]
-    gt["annotations"] = [a for a in data.mask_gt["annotations"] if str(a["image_id"]) in ids]
+    if ids != {str(im.id) for im in data.images}:  # a partial run: only the evaluated images count
+        gt["images"] = [im for im in data.mask_gt["images"] if str(im["id"]) in ids]
+        gt["annotations"] = [a for a in data.mask_gt["annotations"] if str(a["image_id"]) in ids]
     gt.setdefault("categories", [{"id": 1, "name": "object"}])
     by_id = {str(im.id): im.id for im in data.images}
     results = [{"image_id": by_id[r["id"]], "category_id": 1, "segmentation": m, "score": 1.0}
@@ -337,8 +339,10 @@ def summarize(data: GCGData, records: Sequence[dict], captions: bool = True) -> 
     out["meteor"] = out["cider"] = None
     out["caption_metrics"] = "not computed (--no-captions)"
     if captions:
-        by_id = {str(im.id): im for im in data.images}
-        refs = {r["id"]: [by_id[r["id"]].caption] for r in records}
+        refs: dict = {}
+        for ann in data.caption_gt["annotations"]:  # every caption of an image, as COCOEvalCap
+            refs.setdefault(str(ann["image_id"]), []).append(ann.get("caption", ""))
+        refs = {r["id"]: refs.get(r["id"], [""]) for r in records}
         cands = {r["id"]: r["caption"] for r in records}
         figures, why = caption_metrics(refs, cands)
         if figures is None:
