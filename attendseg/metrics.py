@@ -37,7 +37,7 @@ own ``compute_iou`` would give NaN there). GLaMM quirks documented, not copied: 
 file with more masks than phrases makes GLaMM's recall loop index past its similarity matrix,
 and its ``try``/``except`` then counts the image's ground truths with no match; here a mask
 without a phrase simply cannot pass the text gate (phrases beyond the masks are ignored, as in
-GLaMM). The text similarity GLaMM uses is :class:`attendseg.textsim.TextSimilarity`.
+GLaMM). GLaMM's text similarity is :class:`attendseg.evaluation.textsim.TextSimilarity`.
 
 Panoptic Narrative Grounding: :func:`recall_curve` and :func:`average_recall` (the area under
 the recall-vs-IoU-threshold curve on the PNG grid of 100,000 thresholds).

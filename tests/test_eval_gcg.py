@@ -162,7 +162,7 @@ def test_text_similarity_is_glamms_mean_pooled_cosine(tiny_bert):
     from sklearn.metrics.pairwise import cosine_similarity
     from transformers import AutoModel, AutoTokenizer
 
-    from attendseg.textsim import TextSimilarity
+    from attendseg.evaluation.textsim import TextSimilarity
 
     sim = TextSimilarity(str(tiny_bert))
     tok, model = AutoTokenizer.from_pretrained(tiny_bert), AutoModel.from_pretrained(tiny_bert).eval()
@@ -180,7 +180,7 @@ def test_text_similarity_is_glamms_mean_pooled_cosine(tiny_bert):
 
 
 def test_text_encoder_missing_is_one_clear_line(tmp_path):
-    from attendseg.textsim import TextSimilarity, make_text_similarity
+    from attendseg.evaluation.textsim import TextSimilarity, make_text_similarity
 
     with pytest.raises(AttendsegError, match="text encoder .* could not be loaded.*--text-encoder"):
         TextSimilarity(str(tmp_path / "no-such-encoder"))

@@ -22,8 +22,8 @@ for its own answers (plus ``points``), so GLaMM's script can score them too, and
 ``--predictions DIR`` it scores another method's folder instead of running a model.
 
 Figures (see :mod:`attendseg.metrics`): mIoU, mask recall (greedy one-to-one by IoU; a match
-needs IoU ≥ 0.5 *and* text similarity ≥ 0.5, :class:`attendseg.textsim.TextSimilarity`), AP50
-(COCOeval ``segm`` on the mask ground truth, category 1, every prediction scored 1.0, the
+needs IoU ≥ 0.5 *and* text similarity ≥ 0.5, :class:`~attendseg.evaluation.textsim.TextSimilarity`),
+AP50 (COCOeval ``segm`` on the mask ground truth, category 1, every prediction scored 1.0, the
 ground truth's own string image ids so images are visited in GLaMM's sorted-id order), and
 METEOR / CIDEr of the captions (PTB-tokenised, pycocoevalcap's scorers, as GLaMM's
 ``COCOEvalCap``) when pycocoevalcap and Java are installed.
@@ -402,7 +402,7 @@ def evaluate(data: GCGData, out, *, model=None, predictions=None, prompt: str = 
     Returns:
         ``{"rows": [figures per run], "stats": {run: lines}, "records": {run: path}}``.
     """
-    from ..textsim import make_text_similarity
+    from .textsim import make_text_similarity
     from .baselines import method_grounders
     from .records import SampleLog
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import AttendsegError
+from ..errors import AttendsegError
 
 DEFAULT_TEXT_ENCODER = "bert-base-uncased"
 
