@@ -1,8 +1,12 @@
 """Capture cost: plain sdpa generation vs attendseg capture vs eager ``output_attentions``.
 
-A random-weight LLaVA with LLaVA-1.5's image-token count (336 px / patch 14 → 24 × 24 = 576) and
-a scaled Llama text model generates a fixed number of tokens (EOS suppressed) three ways, each in
-its own process, the modes interleaved over repeats:
+A random-weight model generates a fixed number of tokens (EOS suppressed) three ways, each in its
+own process, the modes interleaved over repeats. ``--family llava`` (default): a LLaVA with
+LLaVA-1.5's image-token count (336 px / patch 14 → 24 × 24 = 576) and a scaled Llama text model,
+fed synthetic ids. ``--family qwen2_vl`` (or another any-resolution family): the family's tiny
+checkpoint (:mod:`attendseg.tiny`) with its released image-processor limits, so a 1024 × 768
+photo gets the family's real image-token count, and the family's 7B text geometry scaled to a
+CPU width; inputs come from the adapter (real processor, chat template). The modes:
 
 * ``plain``   — ``generate`` with sdpa attention (the speed to match);
 * ``capture`` — attendseg capture on (mean over all layers and heads, as the method uses);
@@ -14,6 +18,7 @@ Peak memory is the process's resident set (CPU) or ``max_memory_allocated`` (CUD
 built). Usage::
 
     python benchmarks/capture.py                      # CPU, the default config
+    python benchmarks/capture.py --family qwen2_vl    # an any-resolution family
     python benchmarks/capture.py --device cuda --dtype bf16 --text-config llava-1.5-7b
     python benchmarks/capture.py --write BENCHMARKS.md  # also record the table there
 """
@@ -33,6 +38,18 @@ import time
 from pathlib import Path
 
 MODES = ("plain", "capture", "eager")
+#: Any-resolution families: the tiny checkpoint's builder and its options: the released image
+#: processor (so the photo gets the real token count) and the family's 7B text geometry
+#: (layers × heads, kv heads) at a CPU width.
+FAMILIES = {
+    "qwen2_vl": ("attendseg.tiny.qwen_vl:build_qwen_vl", dict(
+        model_type="qwen2_vl", image_processor={"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280},
+        text=dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=28, num_attention_heads=28,
+                  num_key_value_heads=4))),
+    "llava_next": ("attendseg.tiny.llava_next:build_llava_next", dict(
+        tile=336, patch=14, text_model="mistral", text_hidden=512, intermediate=1376, text_layers=32,
+        text_heads=32, kv_heads=8)),
+}
 TEXT_CONFIGS = {
     # Vicuna-7B's attention geometry (32 layers × 32 heads: what eager attention keeps scales
     # with layers × heads × sequence²) at a width that runs on a CPU
@@ -121,24 +138,54 @@ class PeakMemory:
             self.peak = max(self.peak, self.current())
 
 
+def build_family(family: str, folder: Path) -> Path:
+    """The family's tiny checkpoint at benchmark size, written to ``folder``."""
+    import importlib
+
+    builder, options = FAMILIES[family]
+    module_name, function = builder.split(":")
+    words = "describe the image in detail a red cat on sofa".split()
+    return getattr(importlib.import_module(module_name), function)(folder, words, **options)
+
+
+def family_inputs(args):
+    """``(model, language model, generate inputs, per-row image-key positions)`` for a 1024 × 768
+    photo through the family's adapter."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    import attendseg
+
+    attender = attendseg.load(args.checkpoint, device=args.device, dtype="bf16" if args.dtype == "bf16" else None)
+    photo = Image.fromarray(np.asarray(Image.fromarray(data.coffee()).resize((1024, 768))))
+    prepared = attender.adapter.prepare([photo], ["describe the image in detail"])
+    return attender.model, attender.adapter.language_model, prepared.inputs, prepared.key_index
+
+
 def worker(args) -> dict:
     import torch
 
     from attendseg import capture  # imported in every mode, so baselines match
 
     torch.set_num_threads(args.threads)
-    model = build(args)
-    batch = inputs(args, model)
+    if args.family == "llava":
+        model = build(args)
+        batch = inputs(args, model)
+        language_model = model.model.language_model
+        key_index = torch.nonzero(batch["input_ids"][0] == 32000).squeeze(1)[None]
+    else:
+        model, language_model, batch, key_index = family_inputs(args)
     kwargs = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False,
                   pad_token_id=0, eos_token_id=None)
     recorder = None
     if args.mode == "capture":
-        capture.enable(model.model.language_model)
-        key_index = torch.nonzero(batch["input_ids"][0] == 32000).squeeze(1)[None]
-        recorder = capture.Recorder(key_index, layers=range(model.config.text_config.num_hidden_layers))
-    elif args.mode == "eager":
-        model.set_attn_implementation("eager")
-        kwargs.update(output_attentions=True, return_dict_in_generate=True)
+        capture.enable(language_model)
+        recorder = capture.Recorder(key_index, layers=range(language_model.config.num_hidden_layers))
+    else:
+        language_model.set_attn_implementation("sdpa" if args.mode == "plain" else "eager")
+        if args.mode == "eager":
+            kwargs.update(output_attentions=True, return_dict_in_generate=True)
     with torch.inference_mode():  # warm-up (kernels, allocator)
         model.generate(**batch, max_new_tokens=2, do_sample=False, pad_token_id=0)
     with torch.inference_mode(), PeakMemory(args.device) as memory:
@@ -157,18 +204,23 @@ def worker(args) -> dict:
     if recorder is not None:
         assert maps.shape[1] == generated, (maps.shape, generated)
     return dict(mode=args.mode, seconds=seconds, peak=memory.peak, added=memory.peak - memory.start,
-                tokens=generated, sequence=batch["input_ids"].shape[1])
+                tokens=generated, sequence=batch["input_ids"].shape[1],
+                image_tokens=sum(len(k) for k in key_index))
 
 
 def run_all(args) -> dict:
     results = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = "-"
+        if args.family != "llava":
+            checkpoint = str(build_family(args.family, Path(tmp) / "checkpoint"))
         for repeat in range(args.repeats):
             for mode in MODES:
                 out = Path(tmp) / f"{mode}{repeat}.json"
                 cmd = [sys.executable, __file__, "--worker", mode, "--json", str(out)]
                 cmd += ["--device", args.device, "--dtype", args.dtype, "--tokens", str(args.tokens),
-                        "--text-config", args.text_config, "--threads", str(args.threads)]
+                        "--text-config", args.text_config, "--threads", str(args.threads),
+                        "--family", args.family, "--checkpoint", checkpoint]
                 subprocess.run(cmd, check=True)
                 results[mode].append(json.loads(out.read_text()))
                 r = results[mode][-1]
@@ -182,9 +234,13 @@ def summarise(args, results) -> str:
            for m, runs in results.items()}
     best = {m: min(r["seconds"] for r in runs) for m, runs in results.items()}
     first = results["plain"][0]
+    if args.family == "llava":
+        model = f"random LLaVA, 576 image tokens, text `{args.text_config}` ({json.dumps(TEXT_CONFIGS[args.text_config])})"
+    else:
+        model = (f"random `{args.family}` (tiny checkpoint, released processor limits), a 1024 × 768 photo → "
+                 f"{first['image_tokens']} image tokens, options {json.dumps(FAMILIES[args.family][1])}")
     lines = [
-        f"Config: random LLaVA, 576 image tokens, text `{args.text_config}` "
-        f"({json.dumps(TEXT_CONFIGS[args.text_config])}), {args.dtype}, device `{args.device}`"
+        f"Config: {model}, {args.dtype}, device `{args.device}`"
         f" ({platform.processor() or platform.machine()}, {args.threads} threads), prompt "
         f"{first['sequence']} tokens, {first['tokens']} generated tokens, median of {args.repeats} "
         f"runs per mode, modes interleaved, one process per run.",
@@ -227,7 +283,10 @@ def main():
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--text-config", default="7b-shape-narrow", choices=sorted(TEXT_CONFIGS))
+    parser.add_argument("--text-config", default="7b-shape-narrow", choices=sorted(TEXT_CONFIGS),
+                        help="text model of the llava family's benchmark")
+    parser.add_argument("--family", default="llava", choices=["llava", *sorted(FAMILIES)])
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help="markdown file to record the table in")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
@@ -240,7 +299,8 @@ def main():
     table = summarise(args, results)
     print("\n" + table)
     if args.write:
-        write_section(args.write, f"capture-{args.device.split(':')[0]}-{args.text_config}", table)
+        config = args.text_config if args.family == "llava" else args.family
+        write_section(args.write, f"capture-{args.device.split(':')[0]}-{config}", table)
 
 
 if __name__ == "__main__":

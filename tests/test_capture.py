@@ -207,3 +207,26 @@ def _eager_output(probs, value):
 
     values = repeat_kv(value, probs.shape[1] // value.shape[1])
     return torch.matmul(probs.to(value.dtype), values).transpose(1, 2).contiguous()
+
+
+def test_rows_with_different_image_token_counts_record_what_each_row_alone_records():
+    """Ragged key positions (a padded index + validity) give each row exactly its own columns."""
+    from types import SimpleNamespace
+
+    from attendseg import capture
+
+    torch.manual_seed(0)
+    query, key = torch.randn(2, 4, 20, 8), torch.randn(2, 2, 20, 8)  # GQA: 4 heads on 2 kv heads
+    keys = [torch.tensor([2, 3, 4, 5, 6, 7]), torch.tensor([9, 10, 11])]
+    layer = SimpleNamespace(layer_idx=0)
+    ragged = capture.Recorder(keys, layers=[0], per_head=True, n_rows=3)
+    ragged.record(layer, query, key, None, None)
+    assert ragged.n_keys == [6, 3]
+    maps = ragged.maps()
+    assert maps.shape == (2, 3, 1, 4, 6) and (maps[1, ..., 3:] == 0).all()
+    for b in range(2):
+        alone = capture.Recorder([keys[b]], layers=[0], per_head=True, n_rows=3)
+        alone.record(layer, query[b:b + 1], key[b:b + 1], None, None)
+        assert torch.equal(alone.maps()[0], maps[b, ..., : len(keys[b])])
+        probs = capture.row_probabilities(query[b:b + 1], key[b:b + 1], None, None, slice(17, 20))
+        assert torch.allclose(alone.maps()[0, :, 0], probs[0][:, :, keys[b]].transpose(0, 1))

@@ -220,12 +220,25 @@ def without_video(processor_class: type) -> type:
     Qwen2/2.5/3-VL, LLaVA-OneVision and InternVL processors hold a video processor, which needs
     torchvision; images never use it. The subclass declares only the other sub-processors, so
     ``from_pretrained`` / ``save_pretrained`` / ``__call__`` work on the same files without it.
+    Its ``__init__`` shows the original signature less ``video_processor`` and accepts the
+    original's settings from ``processor_config.json``, because transformers reads the signature
+    to know which settings to save and load (e.g. LLaVA-OneVision's ``num_image_tokens``).
     """
+    import inspect
+
+    signature = inspect.signature(processor_class.__init__)
+    kept = [p for name, p in signature.parameters.items() if name != "video_processor"]
 
     class NoVideo(processor_class):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
+        @staticmethod
+        def validate_init_kwargs(processor_config, valid_kwargs):
+            names = [*valid_kwargs, *(p.name for p in kept[1:] if p.kind is p.POSITIONAL_OR_KEYWORD)]
+            return processor_class.validate_init_kwargs(processor_config, names)
+
+    NoVideo.__init__.__signature__ = signature.replace(parameters=kept)
     NoVideo.__name__ = NoVideo.__qualname__ = processor_class.__name__
     NoVideo.__module__ = processor_class.__module__
     return NoVideo

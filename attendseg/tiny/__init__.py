@@ -92,6 +92,30 @@ def sincos_positions(grid: int, dim: int, norm: float = 1.5) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
 
 
+def text_config(tokenizer, model_type: str, hidden: int, layers: int, heads: int, kv_heads: int | None = None,
+                intermediate: int | None = None, positions: int = 512):
+    """A small random text-model config (``AutoConfig.for_model(model_type)``) sized to
+    ``tokenizer``'s vocabulary and special ids: ``kv_heads`` key/value heads (grouped-query
+    attention when < ``heads``; default ``heads``), MLP width ``intermediate`` (default
+    ``4 × hidden``), untied embeddings."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate or hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
 def build_llava(
     folder: str | Path,
     words: Sequence[str],
@@ -135,7 +159,6 @@ def build_llava(
         The folder path.
     """
     from transformers import (
-        AutoConfig,
         CLIPVisionConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
@@ -157,20 +180,8 @@ def build_llava(
         patch_size=patch_size,
         projection_dim=vision_hidden,
     )
-    text = AutoConfig.for_model(
-        text_model,
-        vocab_size=len(tokenizer),
-        hidden_size=text_hidden,
-        intermediate_size=intermediate or text_hidden * 4,
-        num_hidden_layers=text_layers,
-        num_attention_heads=text_heads,
-        num_key_value_heads=kv_heads or text_heads,
-        max_position_embeddings=max(512, grid * grid + 256),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
+    text = text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv_heads, intermediate,
+                       positions=max(512, grid * grid + 256))
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
