@@ -33,7 +33,14 @@ GCG protocol (GLaMM, "Grounded Conversation Generation"), reproduced exactly:
 
 Ties between equal IoUs are broken like ``np.argmax`` on the matrix (row-major first), as in
 GLaMM's code. A pair whose masks are both empty has IoU 0 (pycocotools' convention; GLaMM's
-own ``compute_iou`` would give NaN there).
+own ``compute_iou`` would give NaN there). GLaMM quirks documented, not copied: a prediction
+file with more masks than phrases makes GLaMM's recall loop index past its similarity matrix,
+and its ``try``/``except`` then counts the image's ground truths with no match; here a mask
+without a phrase simply cannot pass the text gate (phrases beyond the masks are ignored, as in
+GLaMM). GLaMM's text similarity is :class:`attendseg.evaluation.textsim.TextSimilarity`.
+
+Panoptic Narrative Grounding: :func:`recall_curve` and :func:`average_recall` (the area under
+the recall-vs-IoU-threshold curve on the PNG grid of 100,000 thresholds).
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ __all__ = [
     "point_accuracy",
     "ap50",
     "ap50_coco",
+    "recall_curve",
+    "average_recall",
 ]
 
 TextSimilarity = Callable[[str, str], float]
@@ -277,12 +286,14 @@ def evaluate_image(
     if text_similarity is not None:
         if pred_phrases is None or gt_labels is None:
             raise ValueError("the text-similarity gate needs pred_phrases and gt_labels")
-        if len(pred_phrases) != len(p) or len(gt_labels) != len(g):
-            raise ValueError(
-                f"{len(pred_phrases)} phrases for {len(p)} predictions / "
-                f"{len(gt_labels)} labels for {len(g)} ground truths"
-            )
-        sims = text_similarity_matrix(gt_labels, pred_phrases, text_similarity)
+        if len(gt_labels) != len(g):
+            raise ValueError(f"{len(gt_labels)} labels for {len(g)} ground truths")
+        # A prediction without a phrase (a method that wrote more masks than phrases) cannot
+        # pass the text gate; phrases beyond the masks are ignored. (GLaMM's loop raises on the
+        # first case and counts the image as matching nothing; see the module docstring.)
+        sims = np.zeros((len(g), len(p)), dtype=np.float64)
+        k = min(len(p), len(pred_phrases))
+        sims[:, :k] = text_similarity_matrix(gt_labels, list(pred_phrases)[:k], text_similarity)
     matches = recall_matches(m.T, sims, iou_threshold, text_threshold, on_reject)
     return ImageScores(miou=miou, pairs=pairs, matches=matches, n_pred=len(p), n_gt=len(g))
 
@@ -345,8 +356,11 @@ class GCGEvaluator:
         self._ap_preds: list[list[dict]] = []
         self._ap_gts: list[list[dict]] = []
         self._ap_sizes: list[tuple[int, int]] = []
+        self._ap_ids: list = []
 
-    def add(self, pred_masks, gt_masks, pred_phrases=None, gt_labels=None) -> ImageScores:
+    def add(self, pred_masks, gt_masks, pred_phrases=None, gt_labels=None, image_id=None) -> ImageScores:
+        """Score one image. ``image_id`` (str or int; default: the running count 1, 2, …) is the
+        id AP50 gives COCOeval, which orders images by sorted id (see :func:`ap50`)."""
         p = as_mask_stack(pred_masks)
         g = as_mask_stack(gt_masks)
         s = evaluate_image(
@@ -365,6 +379,7 @@ class GCGEvaluator:
             self._ap_preds.append([_rle.encode(m) for m in p])
             self._ap_gts.append([_rle.encode(m) for m in g])
             self._ap_sizes.append(tuple(int(v) for v in shape))
+            self._ap_ids.append(len(self._ap_ids) + 1 if image_id is None else image_id)
         return s
 
     def summary(self) -> GCGScores:
@@ -374,7 +389,7 @@ class GCGEvaluator:
         with_gt = [s.recall for s in imgs if s.n_gt]
         ap = None
         if self.compute_ap:
-            ap = _ap50_rles(self._ap_preds, self._ap_gts, self._ap_sizes)
+            ap = _ap50_rles(self._ap_preds, self._ap_gts, self._ap_sizes, image_ids=self._ap_ids)
         return GCGScores(
             miou=float(np.mean([s.miou for s in imgs])) if imgs else 0.0,
             recall=n_matched / n_gt if n_gt else 0.0,
@@ -523,12 +538,18 @@ def _require_pycocotools():
     return COCO, COCOeval
 
 
-def ap50(preds_per_image: Iterable, gts_per_image: Iterable, scores_per_image: Iterable | None = None) -> float:
+def ap50(preds_per_image: Iterable, gts_per_image: Iterable, scores_per_image: Iterable | None = None,
+         image_ids: Sequence | None = None) -> float:
     """COCO segm AP at IoU 0.5 over images, one category, every prediction scored 1.0.
 
     ``preds_per_image[i]`` and ``gts_per_image[i]`` are the masks of image i (``[N, H, W]``,
     lists of ``[H, W]``, or RLEs). ``scores_per_image`` overrides the 1.0 scores. Returns NaN
     when there is no ground truth at all, 0.0 when there is no prediction. Needs pycocotools.
+
+    With equal scores COCOeval's precision-recall curve follows image order, and COCOeval
+    visits images in *sorted id* order. ``image_ids`` (default 1..N) sets the ids: pass the
+    data set's own (GLaMM's GranD-f ids are strings, so ``"sa_10"`` comes before ``"sa_9"``)
+    to get the figure GLaMM's evaluation prints.
     """
     preds_per_image, gts_per_image = list(preds_per_image), list(gts_per_image)
     if len(preds_per_image) != len(gts_per_image):
@@ -542,14 +563,17 @@ def ap50(preds_per_image: Iterable, gts_per_image: Iterable, scores_per_image: I
         gr.append([_rle.encode(m) for m in g])
         sizes.append(tuple(int(v) for v in (g.shape[1:] if len(g) else p.shape[1:])))
     scores = None if scores_per_image is None else [list(s) for s in scores_per_image]
-    return _ap50_rles(pr, gr, sizes, scores)
+    return _ap50_rles(pr, gr, sizes, scores, image_ids=image_ids)
 
 
-def _ap50_rles(preds, gts, sizes, scores=None) -> float:
+def _ap50_rles(preds, gts, sizes, scores=None, image_ids=None) -> float:
     COCO, _ = _require_pycocotools()
+    ids = list(range(1, len(preds) + 1)) if image_ids is None else list(image_ids)
+    if len(ids) != len(preds) or len(set(ids)) != len(ids):
+        raise ValueError(f"need {len(preds)} distinct image ids, got {len(ids)} ({len(set(ids))} distinct)")
     images, anns, results = [], [], []
     for i, (p, g, (h, w)) in enumerate(zip(preds, gts, sizes)):
-        image_id = i + 1
+        image_id = ids[i]
         images.append({"id": image_id, "width": w, "height": h})
         for m in g:
             anns.append(
@@ -577,13 +601,15 @@ def _ap50_rles(preds, gts, sizes, scores=None) -> float:
     return ap50_coco(gt, results)
 
 
-def ap50_coco(coco_gt, results: list[dict]) -> float:
+def ap50_coco(coco_gt, results: list[dict], cat_ids: Sequence[int] | None = None) -> float:
     """AP at IoU 0.5 (``COCOeval(..., "segm").stats[1]``) of ``results`` against a COCO ground truth.
 
     ``coco_gt`` is a ``pycocotools.coco.COCO`` or the path of a COCO annotation JSON; ``results``
     is the list ``COCO.loadRes`` reads (e.g. from :meth:`Grounding.to_coco_results
     <attendseg.results.Grounding.to_coco_results>`). Scores are used as given. Evaluated on the
-    ground truth's images; 0.0 when ``results`` is empty. Needs pycocotools.
+    ground truth's images (in sorted id order, COCOeval's default); ``cat_ids`` restricts the
+    categories (GLaMM's GCG evaluation sets ``[1]``). 0.0 when ``results`` is empty. Needs
+    pycocotools.
     """
     COCO, COCOeval = _require_pycocotools()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -594,8 +620,47 @@ def ap50_coco(coco_gt, results: list[dict]) -> float:
         dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, dt, "segm")
         ev.params.imgIds = sorted(coco_gt.getImgIds())
+        if cat_ids is not None:
+            ev.params.catIds = list(cat_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     v = float(ev.stats[1])
     return float("nan") if v < 0 else v
+
+
+# --------------------------------------------------------------------------- PNG average recall
+
+#: The Panoptic Narrative Grounding threshold grid: ``np.arange(0, 1, 1e-5)`` (100,000 IoU
+#: thresholds, the PNG authors' evaluation and those that copied it: F-LMM, the paper's scripts).
+PNG_STEP = 1e-5
+
+
+def recall_curve(ious, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Share of phrases whose IoU is ``>= t``, for every threshold ``t``.
+
+    Args:
+        ious: per-phrase IoUs ``[N]``.
+        thresholds: ascending ``[T]``; default the PNG grid ``np.arange(0, 1, 1e-5)``.
+
+    Returns:
+        ``(thresholds [T], recall [T])``; recall is NaN for N = 0.
+    """
+    t = np.arange(0, 1, PNG_STEP) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    v = np.sort(np.asarray(ious, dtype=np.float64).reshape(-1))
+    if v.size == 0:
+        return t, np.full(t.shape, np.nan)
+    return t, (v.size - np.searchsorted(v, t, side="left")) / v.size
+
+
+def average_recall(ious, thresholds: np.ndarray | None = None) -> float:
+    """Area under :func:`recall_curve`, as Panoptic Narrative Grounding defines it.
+
+    The PNG evaluation sums ``(t[i+1] - t[i]) · recall(t[i])`` over consecutive thresholds of
+    ``np.arange(0, 1, 1e-5)``: a left Riemann sum over ``[0, 0.99999]``, which comes to the mean
+    IoU give or take 1e-5 per phrase. NaN for no phrases.
+    """
+    t, r = recall_curve(ious, thresholds)
+    if not len(r) or np.isnan(r).all():
+        return float("nan")
+    return float(np.sum(np.diff(t) * r[:-1]))

@@ -47,6 +47,7 @@ __all__ = [
     "PhraseExtractor",
     "SimplePhrases",
     "SpacyPhrases",
+    "SpanPhrases",
     "VocabularyPhrases",
     "make_phrase_extractor",
     "tokens_overlapping",
@@ -584,6 +585,35 @@ class VocabularyPhrases:
                 cands.append((s, e, rs, re_))
                 taken_until = e
         return _finish(cands, text, offsets)
+
+
+class SpanPhrases:
+    """Phrases given as character spans of the text (an annotation's phrases, e.g. Panoptic
+    Narrative Grounding's noun phrases): nothing is parsed or filtered.
+
+    Each span ``(start, end)`` becomes one phrase whose root is the whole span, so its tokens
+    are all the tokens overlapping the span (the phrase map then aggregates them with the
+    grounder's ``aggregate`` setting). Phrases come back in the given order, duplicates kept;
+    a span that overlaps no token (or lies outside the text) is left out.
+    """
+
+    def __init__(self, spans: Iterable[tuple[int, int]]):
+        self.spans = [(int(s), int(e)) for s, e in spans]
+
+    def __repr__(self) -> str:
+        return f"SpanPhrases({self.spans!r})"
+
+    def extract(self, text: str, offsets: Any = None) -> list[Phrase]:
+        arr = None if offsets is None else _as_offsets(offsets)
+        out = []
+        for s, e in self.spans:
+            if not 0 <= s < e <= len(text):
+                continue
+            toks = () if arr is None else tokens_overlapping(arr, (s, e))
+            if arr is not None and not toks:
+                continue
+            out.append(Phrase(text[s:e], (s, e), text[s:e], (s, e), toks))
+        return out
 
 
 # ------------------------------------------------------------------------------- factory

@@ -548,5 +548,160 @@ def _parse_layers(spec: Optional[str], option: str = "--layers"):
     return layers
 
 
+def _grounder_options(refiner, sam_model, sam_choice, phrases, keep_nonvisual, dtype, base, **settings) -> dict:
+    """Grounder.from_pretrained options shared by the benchmark commands."""
+    from attendseg import make_phrase_extractor
+
+    return dict(refiner=refiner, sam_model=sam_model, refiner_options={"choice": sam_choice} if refiner == "sam" else {},
+                phrases=make_phrase_extractor(phrases, filter_nonvisual=not keep_nonvisual), dtype=dtype,
+                model_options=_model_options(base), **{k: v for k, v in settings.items() if v is not None})
+
+
+def _print_runs(results: dict, columns, json_out: bool, notes=()):
+    from attendseg.evaluation import format_table, to_json
+
+    if json_out:
+        typer.echo(to_json(results))
+        return
+    typer.echo(format_table(results["rows"], columns))
+    for line in notes:
+        typer.echo(line)
+    for name, lines in results["stats"].items():
+        typer.echo(f"{name}: " + "; ".join(lines) + f" — records in {results['records'][name]}")
+
+
+@eval_app.command("gcg")
+def eval_gcg(
+    data: Path = typer.Argument(..., help="GranD-f GCG annotations: the folder with {split}_gcg_coco_mask_gt.json "
+                                "and {split}_gcg_coco_caption_gt.json, or a folder above it in GLaMM's layout."),
+    split: str = typer.Option("val", "--split", help="val | test."),
+    images: Optional[Path] = typer.Option(None, "--images", help="GranDf_HA_images/val_test (default: found in GLaMM's layout)."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score this folder of prediction files "
+                                               "({image id}.json, GLaMM's layout) instead of running a model."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
+    prompt: str = typer.Option("Describe the image in detail.", "--prompt", "-p", help="The GCG prompt (default: the paper's)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Longest answer (the paper: 512)."),
+    refiner: str = typer.Option("superpixel", "--refiner", "-r", help="sam (the paper's) | superpixel | threshold."),
+    sam_model: Optional[str] = typer.Option(None, "--sam-model", help="SAM hub id or folder (with -r sam)."),
+    sam_choice: str = typer.Option("last", "--sam-choice", help="SAM mask: last | best-iou | whole | part | subpart."),
+    phrases: str = typer.Option("auto", "--phrases", help="auto | simple | spacy:NAME_OR_PATH | vocab:word,word."),
+    keep_nonvisual: bool = typer.Option(False, "--keep-nonvisual", help="Also ground pronouns and non-visual nouns."),
+    text_encoder: str = typer.Option("bert-base-uncased", "--text-encoder", help="Text encoder of the recall gate "
+                                     "(hub id or folder; GLaMM's: bert-base-uncased), or none (masks only)."),
+    captions: bool = typer.Option(True, "--captions/--no-captions", help="METEOR and CIDEr (need pycocoevalcap and Java)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default attendseg-gcg/SPLIT): "
+                                       "RUN.jsonl records and RUN/ predictions; a rerun resumes."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N more images."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="Images per model call."),
+    untrained: bool = typer.Option(False, "--untrained", help="Also score the model with random weights (small models)."),
+    random_point: bool = typer.Option(False, "--random-point", help="Also score random prompt points."),
+    normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's)."),
+    aggregate: Optional[str] = typer.Option(None, "--aggregate", help="mean | max | first (the paper's GCG run: max)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the records afresh."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Grounded conversation generation on GranD-f, scored as GLaMM does: METEOR, CIDEr, AP50, mIoU, mask recall."""
+    from attendseg import AttendsegError
+    from attendseg.evaluation import gcg
+
+    _quiet_transformers()
+    try:
+        dataset = gcg.load_gcg(data, split, images)
+        options = None if predictions else _grounder_options(
+            refiner, sam_model, sam_choice, phrases, keep_nonvisual, dtype, base,
+            normalisation=normalisation, aggregate=aggregate)
+        results = gcg.evaluate(dataset, out or Path("attendseg-gcg") / split, model=_model(model),
+                               predictions=predictions, prompt=prompt, max_new_tokens=max_new_tokens,
+                               text_encoder=text_encoder, captions=captions, limit=limit, batch_size=batch_size,
+                               untrained=untrained, random_point=random_point, overwrite=overwrite,
+                               progress=not quiet, device=device, grounder_options=options)
+    except AttendsegError as error:
+        _fail(str(error))
+    notes = sorted({f"METEOR / CIDEr {row['caption_metrics']}" for row in results["rows"]
+                    if row["caption_metrics"] != "computed"})
+    if text_encoder.lower() == "none":
+        notes.append("mask recall without the text gate (--text-encoder none): not GLaMM's protocol")
+    _print_runs(results, gcg.TABLE_COLUMNS, json_out, notes)
+
+
+@eval_app.command("png")
+def eval_png(
+    data: Path = typer.Argument(..., help="Panoptic Narrative Grounding folder (annotations/ with png_coco_SPLIT.json, "
+                                "panoptic_SPLIT.json and the panoptic PNGs; images/SPLIT)."),
+    split: str = typer.Option("val2017", "--split", help="val2017 (the benchmark) | train2017."),
+    images: Optional[Path] = typer.Option(None, "--images", help="COCO images folder (default: images/SPLIT or SPLIT)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
+    prompt: str = typer.Option("Describe the image in detail.", "--prompt", "-p", help="The prompt the narrative answers."),
+    refiner: str = typer.Option("superpixel", "--refiner", "-r", help="sam | superpixel | threshold."),
+    sam_model: Optional[str] = typer.Option(None, "--sam-model", help="SAM hub id or folder (with -r sam)."),
+    sam_choice: str = typer.Option("last", "--sam-choice", help="SAM mask: last | best-iou | whole | part | subpart."),
+    proposals: Optional[Path] = typer.Option(None, "--proposals", help="Folder of predicted panoptic PNGs: a phrase's "
+                                             "mask is the segment under its point (the paper's PNG protocol)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default attendseg-png/SPLIT): RUN.jsonl "
+                                       "records, one line per phrase; a rerun resumes."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate at most N more phrases."),
+    untrained: bool = typer.Option(False, "--untrained", help="Also score the model with random weights (small models)."),
+    random_point: bool = typer.Option(False, "--random-point", help="Also score random prompt points."),
+    normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's)."),
+    aggregate: Optional[str] = typer.Option(None, "--aggregate", help="mean | max | first (the paper's PNG script: first)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the records afresh."),
+    json_out: bool = typer.Option(False, "--json", help="Print the figures (and the recall curve) as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Panoptic narrative grounding: average recall over IoU thresholds, things / stuff, singular / plural."""
+    from attendseg import AttendsegError
+    from attendseg.evaluation import png
+
+    _quiet_transformers()
+    try:
+        dataset = png.load_png(data, split, images)
+        options = _grounder_options(refiner, sam_model, sam_choice, "simple", True, dtype, base,
+                                    normalisation=normalisation, aggregate=aggregate)
+        results = png.evaluate(dataset, out or Path("attendseg-png") / split, model=_model(model), prompt=prompt,
+                               proposals=proposals, limit=limit, untrained=untrained, random_point=random_point,
+                               overwrite=overwrite, progress=not quiet, device=device, grounder_options=options)
+    except AttendsegError as error:
+        _fail(str(error))
+    _print_runs(results, png.TABLE_COLUMNS, json_out)
+
+
+@export_app.command("gcg")
+def export_gcg(
+    folder: Path = typer.Argument(..., help="Output folder (GranDf/annotations/val_test and GranDf_HA_images/val_test)."),
+    n: int = typer.Option(20, "--n", min=1, help="Scenes per split (val, test)."),
+):
+    """Held-out shapes scenes in GranD-f's GCG layout (for `attendseg eval gcg`)."""
+    _export("gcg", folder, n)
+
+
+@export_app.command("png")
+def export_png(
+    folder: Path = typer.Argument(..., help="Output folder (annotations/ and images/val2017)."),
+    n: int = typer.Option(20, "--n", min=1, help="Scenes (val2017)."),
+):
+    """Held-out shapes scenes in the Panoptic Narrative Grounding layout (for `attendseg eval png`)."""
+    _export("png", folder, n)
+
+
+def _export(kind: str, folder: Path, n: int):
+    from attendseg import AttendsegError
+    from attendseg.shapes_export import export
+
+    try:
+        counts = export(kind, folder, n)
+    except AttendsegError as error:
+        _fail(str(error))
+    for split, images in counts["images"].items():
+        typer.echo(f"{split}: {images} images, {counts['phrases'][split]} grounded phrases")
+    typer.echo(f"written under {folder}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

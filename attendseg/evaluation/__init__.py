@@ -20,7 +20,10 @@ What every benchmark reuses (import from here):
   (one exporter per format in ``EXPORTERS``; ``attendseg shapes export FORMAT DIR``).
 
 Benchmarks: :mod:`.refcoco` (RefCOCO / RefCOCO+ / RefCOCOg and JSONL manifests;
-``attendseg eval refcoco``) with its data readers in :mod:`.refer`.
+``attendseg eval refcoco``) with its data readers in :mod:`.refer`; :mod:`.gcg` (GLaMM's
+GranD-f grounded conversation generation, ``attendseg eval gcg``) with GLaMM's BERT text gate
+in :mod:`.textsim`; :mod:`.png` (Panoptic Narrative Grounding, ``attendseg eval png``).
+:mod:`.baselines`: the untrained-model and random-point baselines of the gcg and png commands.
 """
 
 from .loop import RunStats, SkipGroup, run_groups
