@@ -2,6 +2,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,8 +73,12 @@ def test_one_dtype_resolver_for_every_loader():
         resolve_dtype("float8")
     assert resolve_device("cpu").type == "cpu"
     import attendseg.attender as attender
-    import attendseg.refiners.sam as sam
     from attendseg.encoders import checkpoint
 
-    # the loaders use this resolver, not copies of their own
-    assert attender.resolve_dtype is sam.resolve_dtype is checkpoint.resolve_dtype is resolve_dtype
+    # the loaders use this resolver, not copies of their own (SAM imports it where it loads)
+    assert attender.resolve_dtype is checkpoint.resolve_dtype is resolve_dtype
+    root = Path(attender.__file__).parent
+    sources = [*root.rglob("*.py"), *(root.parent / "encoders").rglob("*.py"), *(root.parent / "cli").rglob("*.py")]
+    defining = [p.name for p in sources if "def resolve_dtype" in p.read_text() or "def resolve_device" in p.read_text()]
+    assert defining == ["devices.py"]
+    assert "from ..devices import resolve_device, resolve_dtype" in (root / "refiners" / "sam.py").read_text()

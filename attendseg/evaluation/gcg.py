@@ -202,7 +202,7 @@ def write_prediction(path: Path, image_id, caption: str, phrases: Sequence[str],
                      points=None) -> Path:
     """Write one prediction in GLaMM's layout (atomically); ``points`` is kept as the paper's
     scripts keep it."""
-    from ..results import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     content = {"image_id": image_id, "caption": caption, "phrases": list(phrases), "pred_masks": list(masks)}
     if points is not None:
