@@ -213,13 +213,15 @@ def row_probabilities(
     Returns:
         ``[B, H, r, kv]`` float32 probabilities (rows sum to 1).
     """
-    q = query[:, :, rows].float()
+    q = query[:, :, rows]
     batch, heads, n_rows, dim = q.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
-    groups = heads // kv_heads
-    k = key.float()
-    logits = torch.matmul(q.reshape(batch, kv_heads, groups * n_rows, dim), k.transpose(-1, -2))
-    logits = logits.view(batch, heads, n_rows, kv_len) * (dim**-0.5 if scaling is None else scaling)
+    # one batched matrix product per kv head (its query heads' rows stacked): few ops on the
+    # decode hot path, where every op's dispatch counts
+    q3 = q.reshape(batch * kv_heads, (heads // kv_heads) * n_rows, dim).float()
+    k3 = key.reshape(batch * kv_heads, kv_len, key.shape[3]).float()
+    logits = torch.bmm(q3, k3.transpose(1, 2)).mul_(dim**-0.5 if scaling is None else scaling)
+    logits = logits.view(batch, heads, n_rows, kv_len)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     lowest = torch.finfo(torch.float32).min
@@ -251,8 +253,8 @@ def attention_output(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """
     batch, heads, q_len, kv_len = probs.shape
     kv_heads = value.shape[1]
-    grouped = probs.to(value.dtype).reshape(batch, kv_heads, (heads // kv_heads) * q_len, kv_len)
-    out = torch.matmul(grouped, value)  # [B, H_kv, groups · q, D]
+    grouped = probs.to(value.dtype).view(batch * kv_heads, (heads // kv_heads) * q_len, kv_len)
+    out = torch.bmm(grouped, value.reshape(batch * kv_heads, kv_len, value.shape[3]))  # [B·H_kv, g·q, D]
     return out.view(batch, heads, q_len, -1).transpose(1, 2).contiguous()
 
 
