@@ -55,6 +55,8 @@ from .files import atomic_save_image, atomic_write_bytes, atomic_write_text
 
 #: Held-out seed set per split (:func:`attendseg.shapes.heldout_seeds`); set 0 is ``eval shapes``'.
 SEED_SETS = {"val": 10, "testA": 11, "testB": 12, "gcg/val": 20, "gcg/test": 21, "png/val2017": 30}
+#: The RefCOCO export's splits (the other seed sets belong to the gcg and png exports).
+REFCOCO_SPLITS = ("val", "testA", "testB")
 IMAGE_FOLDER = Path("images/mscoco/images/train2014")
 
 
@@ -82,7 +84,8 @@ def export_refcoco(folder, n: int = 100, dataset: str = "refcoco", size: int = s
     images, annotations, refs = [], [], []
     counts = {"images": {}, "refs": {}, "expressions": {}}
     sent_id = 0
-    for split, set_id in SEED_SETS.items():
+    for split in REFCOCO_SPLITS:
+        set_id = SEED_SETS[split]
         hard = split == "testB"
         n_refs = n_sent = 0
         for seed in shapes.heldout_seeds(n, set_id):

@@ -159,6 +159,8 @@ def test_shapes_export_is_the_real_layout(shapes_export):
     from attendseg import shapes
 
     folder, counts = shapes_export
+    assert set(counts["images"]) == {"val", "testA", "testB"}  # the refer splits, nothing else
+    assert {r["split"] for r in refer.load_refs_pickle(folder / "refcoco" / "refs(unc).p")} == {"val", "testA", "testB"}
     for split in ("val", "testA", "testB"):
         items = refer.load_refer(folder, "refcoco", split)
         assert len(items) == counts["expressions"][split] > 0

@@ -128,24 +128,20 @@ class ReferringGrounding:
 
 class RandomPoint:
     """The random-point baseline: one uniformly random point per expression (seeded by its id)
-    into the same refiner, with a Gaussian bump around it (σ = :attr:`SIGMA` × the long side) as
-    the heatmap: what a model whose attention peaked at a random place would give. (Without a
-    heatmap the superpixel refiner grows over the whole image.)"""
-
-    SIGMA = 0.1
+    into the same refiner, with :func:`~attendseg.evaluation.baselines.random_point_map`'s
+    Gaussian bump around it as the heatmap: what a model whose attention peaked at a random place
+    would give. (Without a heatmap the superpixel refiner grows over the whole image.)"""
 
     def __init__(self, refiner):
         self.refiner = refiner
 
     def prompts(self, image, expressions: list[Expression]) -> tuple[list[Prompt], list[list[str]]]:
+        from .baselines import random_point_map
+
         width, height = image.size
         out = []
         for e in expressions:
-            rng = np.random.default_rng(zlib.crc32(str(e.id).encode()))
-            point = rng.uniform(0, 1, 2) * (width, height)
-            yy, xx = np.mgrid[0:height, 0:width] + 0.5
-            sigma = self.SIGMA * max(width, height)
-            bump = np.exp(-((xx - point[0]) ** 2 + (yy - point[1]) ** 2) / (2 * sigma**2))
+            point, bump = random_point_map(height, width, np.random.default_rng(zlib.crc32(str(e.id).encode())))
             out.append(Prompt(points=point[None], labels=np.ones(1, dtype=np.int64), heatmap=bump))
         return out, [[] for _ in expressions]
 
