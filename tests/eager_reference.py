@@ -46,3 +46,16 @@ def teacher_maps(eager_model, prepared, shift: int):
         layers = [columns(layer[b][:, rows], keys, seq) for layer in out.attentions]  # [H, r, N_b]
         maps.append(torch.stack(layers).permute(2, 0, 1, 3))
     return maps
+
+
+def assert_teacher_forcing_matches_eager(attender, eager_model, images, prompts, texts, rows: str):
+    """Teacher-force ``texts`` (one per image) with capture and with eager attention: every
+    row's maps ``[r, L, H, N_b]`` equal eager's within 1e-5 and its tokens are the text's words.
+    Returns the :class:`~attendseg.adapters.Prepared` inputs for further checks."""
+    traces = attender.attend_text(images, prompts, texts, rows=rows, per_layer=True, per_head=True)
+    prepared = attender.adapter.prepare(images, prompts, texts)
+    reference = teacher_maps(eager_model, prepared, shift=int(rows == "predicting"))
+    for b, trace in enumerate(traces):
+        assert trace.tokens == texts[b].split()
+        assert torch.allclose(trace.maps, reference[b], atol=1e-5, rtol=0)
+    return prepared
