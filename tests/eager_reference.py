@@ -59,3 +59,17 @@ def assert_teacher_forcing_matches_eager(attender, eager_model, images, prompts,
         assert trace.tokens == texts[b].split()
         assert torch.allclose(trace.maps, reference[b], atol=1e-5, rtol=0)
     return prepared
+
+
+def assert_batch_equals_each_alone(attender, images, prompts, texts, new_tokens: int = 4):
+    """A batch of images of different sizes gives, row by row, what each image gives alone:
+    the same Views and teacher-forced maps, and the same generated tokens and maps (≤ 1e-5)."""
+    forced = attender.attend_text(images, prompts, texts, per_layer=True)
+    generated = attender.attend(images, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, per_layer=True)
+    for b, image in enumerate(images):
+        alone = attender.attend_text(image, prompts[b], texts[b], per_layer=True)
+        assert alone.views == forced[b].views
+        assert torch.allclose(alone.maps, forced[b].maps, atol=1e-5, rtol=0)
+        alone = attender.attend(image, prompts[b], max_new_tokens=new_tokens, min_new_tokens=new_tokens, per_layer=True)
+        assert torch.equal(alone.token_ids, generated[b].token_ids)
+        assert torch.allclose(alone.maps, generated[b].maps, atol=1e-5, rtol=0)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import attendseg
 from attendseg import AttendsegError
-from eager_reference import assert_teacher_forcing_matches_eager, generation_maps
+from eager_reference import assert_batch_equals_each_alone, assert_teacher_forcing_matches_eager, generation_maps
 from geometry_probe import STATS, carry, check_cells, coordinate_image, merge_stats, patch_stats
 
 WORDS = "user assistant describe the image a an red green blue circle square cat dog on of in and is there left".split()
@@ -72,15 +72,7 @@ def test_teacher_forcing_matches_eager(attender, eager, photos, rows):
 
 def test_mixed_size_batch_equals_each_image_alone(attender, photos):
     images = photos_pair(photos)
-    batch = attender.attend_text(images, PROMPTS, TEXTS, per_layer=True)
-    generated = attender.attend(images, PROMPTS, max_new_tokens=4, min_new_tokens=4, per_layer=True)
-    for b, image in enumerate(images):
-        alone = attender.attend_text(image, PROMPTS[b], TEXTS[b], per_layer=True)
-        assert alone.views == batch[b].views
-        assert torch.allclose(alone.maps, batch[b].maps, atol=1e-5, rtol=0)
-        alone_generated = attender.attend(image, PROMPTS[b], max_new_tokens=4, min_new_tokens=4, per_layer=True)
-        assert torch.equal(alone_generated.token_ids, generated[b].token_ids)
-        assert torch.allclose(alone_generated.maps, generated[b].maps, atol=1e-5, rtol=0)
+    assert_batch_equals_each_alone(attender, images, PROMPTS, TEXTS)
 
 
 @pytest.mark.parametrize("size, canvas", [((60, 180), (1, 3)), ((180, 60), (3, 1)), ((150, 150), (2, 2)),

@@ -13,7 +13,7 @@ from transformers import Gemma3ForConditionalGeneration
 import attendseg
 from attendseg import AttendsegError
 from conftest import WORDS
-from eager_reference import assert_teacher_forcing_matches_eager, generation_maps
+from eager_reference import assert_batch_equals_each_alone, assert_teacher_forcing_matches_eager, generation_maps
 from family_checks import check_sources, cli_ground_masks, token_sources, without_processor_files
 from geometry_probe import coordinate_image
 
@@ -80,11 +80,7 @@ def test_image_tokens_attend_bidirectionally(attender, eager, images):
 
 
 def test_mixed_batch_rows_equal_each_image_alone(attender, images):
-    together = attender.attend_text(images, PROMPTS, TEXTS, per_layer=True)
-    for b, image in enumerate(images):
-        alone = attender.attend_text(image, PROMPTS[b], TEXTS[b], per_layer=True)
-        assert alone.views == together[b].views
-        assert torch.allclose(alone.maps, together[b].maps, atol=1e-5, rtol=0)
+    assert_batch_equals_each_alone(attender, images, PROMPTS, TEXTS)
 
 
 def test_pan_and_scan_is_off_unless_asked(folder, attender, images):

@@ -15,7 +15,7 @@ import attendseg
 from attendseg import AttendsegError
 from attendseg.tiny.llava_next import build_llava_next, build_llava_onevision
 from conftest import WORDS
-from eager_reference import assert_teacher_forcing_matches_eager, generation_maps
+from eager_reference import assert_batch_equals_each_alone, assert_teacher_forcing_matches_eager, generation_maps
 
 PROMPTS = ["describe the image", "is there a red circle on the left of the blue square"]
 TEXTS = ["a red circle", "a blue square on the left of a large green star"]
@@ -81,11 +81,7 @@ def test_teacher_forcing_matches_eager(attender, eager, photos, rows):
 
 def test_mixed_sizes_batch_equals_one_by_one(attender, photos):
     images = two_photos(photos)
-    batch = attender.attend_text(images, PROMPTS, TEXTS, per_layer=True)
-    for b, image in enumerate(images):
-        alone = attender.attend_text(image, PROMPTS[b], TEXTS[b], per_layer=True)
-        assert alone.views == batch[b].views
-        assert torch.allclose(alone.maps, batch[b].maps, atol=1e-5, rtol=0)
+    assert_batch_equals_each_alone(attender, images, PROMPTS, TEXTS)
 
 
 def test_vision_special_tokens_are_never_generated(attender, photos):

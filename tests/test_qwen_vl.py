@@ -19,7 +19,7 @@ from PIL import Image
 
 import attendseg
 from attendseg.tiny.qwen_vl import MODEL_TYPES, build_qwen_vl
-from eager_reference import assert_teacher_forcing_matches_eager, generation_maps
+from eager_reference import assert_batch_equals_each_alone, assert_teacher_forcing_matches_eager, generation_maps
 
 WORDS = "describe the image is there a red circle on left of blue square large green star".split()
 PROMPTS = ["describe the image", "is there a red circle on the left"]
@@ -115,14 +115,7 @@ def test_teacher_forcing_the_answer_gives_the_generation_maps(attender):
 
 def test_mixed_size_batch_equals_each_image_alone(attender):
     images = photos()
-    batch = attender.attend(images, PROMPTS, max_new_tokens=5, per_layer=True)
-    forced = attender.attend_text(images, PROMPTS, TEXTS, rows="own", per_layer=True)
-    for b, image in enumerate(images):
-        alone = attender.attend(image, PROMPTS[b], max_new_tokens=5, per_layer=True)
-        assert torch.equal(alone.token_ids, batch[b].token_ids)
-        assert torch.allclose(alone.maps, batch[b].maps, atol=1e-5, rtol=0)
-        alone = attender.attend_text(image, PROMPTS[b], TEXTS[b], rows="own", per_layer=True)
-        assert torch.allclose(alone.maps, forced[b].maps, atol=1e-5, rtol=0)
+    assert_batch_equals_each_alone(attender, images, PROMPTS, TEXTS)
 
 
 def test_vision_tokens_are_never_generated(attender):
