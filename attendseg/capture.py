@@ -76,8 +76,8 @@ class Recorder:
         if not layers:
             raise ValueError("no layers to record")
         self.key_index, self.key_valid = pad_key_index(key_index)
-        self.n_keys = [int(n) for n in self.key_valid.sum(1)] if self.key_valid is not None else \
-            [self.key_index.shape[1]] * self.key_index.shape[0]
+        batch, width = self.key_index.shape
+        self.n_keys = [width] * batch if self.key_valid is None else self.key_valid.sum(1).tolist()
         self.layers = tuple(layers)
         self._slot = {layer: i for i, layer in enumerate(self.layers)}
         self.heads = None if heads is None else tuple(heads)

@@ -73,3 +73,20 @@ def assert_batch_equals_each_alone(attender, images, prompts, texts, new_tokens:
         alone = attender.attend(image, prompts[b], max_new_tokens=new_tokens, min_new_tokens=new_tokens, per_layer=True)
         assert torch.equal(alone.token_ids, generated[b].token_ids)
         assert torch.allclose(alone.maps, generated[b].maps, atol=1e-5, rtol=0)
+
+
+def assert_generation_matches_eager(attender, eager_model, images, prompts, new_tokens: int):
+    """Generate exactly ``new_tokens`` per image with capture and with eager attention: every
+    row's maps ``[T, L, H, N_b]`` equal eager's within 1e-5 and its tokens are eager's.
+    Returns ``(traces, prepared, reference)`` for family-specific checks."""
+    length = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    traces = attender.attend(images, prompts, per_layer=True, per_head=True, **length)
+    prepared = attender.adapter.prepare(images, prompts)
+    sequences, reference = generation_maps(eager_model, prepared, pad_token_id=attender.adapter.tokenizer.pad_token_id,
+                                           **length, **attender.adapter.generation_defaults())
+    start = prepared.inputs["input_ids"].shape[1]
+    for b, trace in enumerate(traces):
+        assert trace.maps.shape == (new_tokens, attender.n_layers, attender.n_heads, len(prepared.key_index[b]))
+        assert torch.allclose(trace.maps, reference[b], atol=1e-5, rtol=0)
+        assert torch.equal(trace.token_ids, sequences[b, start:])
+    return traces, prepared, reference

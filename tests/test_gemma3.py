@@ -13,7 +13,8 @@ from transformers import Gemma3ForConditionalGeneration
 import attendseg
 from attendseg import AttendsegError
 from conftest import WORDS
-from eager_reference import assert_batch_equals_each_alone, assert_teacher_forcing_matches_eager, generation_maps
+from eager_reference import (assert_batch_equals_each_alone, assert_generation_matches_eager,
+                             assert_teacher_forcing_matches_eager)
 from family_checks import check_sources, cli_ground_masks, token_sources, without_processor_files
 from geometry_probe import coordinate_image
 
@@ -48,16 +49,8 @@ def images(photos):
 
 
 def test_generation_matches_eager_output_attentions(attender, eager, images):
-    traces = attender.attend(images, PROMPTS, max_new_tokens=8, min_new_tokens=8, per_layer=True, per_head=True)
-    prepared = attender.adapter.prepare(images, PROMPTS)
+    _, prepared, reference = assert_generation_matches_eager(attender, eager, images, PROMPTS, 8)
     assert [len(k) for k in prepared.key_index] == [48, 16]
-    sequences, reference = generation_maps(eager, prepared, max_new_tokens=8, min_new_tokens=8,
-                                           pad_token_id=attender.adapter.tokenizer.pad_token_id,
-                                           **attender.adapter.generation_defaults())
-    for b, trace in enumerate(traces):
-        assert trace.maps.shape == (8, 3, 4, len(prepared.key_index[b]))
-        assert torch.allclose(trace.maps, reference[b], atol=1e-5, rtol=0)
-        assert torch.equal(trace.token_ids, sequences[b, prepared.inputs["input_ids"].shape[1]:])
     # the sliding layers' window really dropped image keys; the global layer kept them all
     assert (reference[0][:, [0, 2]] == 0).any() and (reference[0][:, 1] > 0).all()
 
