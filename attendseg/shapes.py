@@ -14,11 +14,13 @@ objects in that order, so the caption is a deterministic function of image + pro
 
 Orders (:data:`ORDERS`): left→right, right→left, top→bottom, bottom→top (by object centre) and
 largest→smallest (by mask area). Scenes are drawn so the chosen order is unambiguous (centres at
-least :data:`ORDER_MARGIN` × size apart on the axis; areas at least ×1.25 apart).
+least :data:`ORDER_MARGIN` × that axis's length apart; areas at least ×1.25 apart).
 
 Conventions (as everywhere in attendseg, see :mod:`attendseg.views`):
 
-* images: ``uint8 [H, W, 3]`` RGB, square (``H == W == size``) so a centre crop is the identity;
+* images: ``uint8 [H, W, 3]`` RGB. Square (``H == W == size``) by default, so a centre crop is the
+  identity; with ``aspect`` (width / height, :data:`ASPECTS`) the shorter side stays ``size`` and
+  the longer one is ``size × aspect`` (or ``size / aspect``): objects keep their pixel sizes;
 * masks: ``bool [H, W]`` per object (``Scene.masks`` is ``bool [K, H, W]``, K objects in caption
   order); pixel ``(i, j)`` is row i, column j, covering ``[j, j+1) × [i, i+1)`` in ``(x, y)``;
   a mask is exactly the set of pixels painted with the object (objects never overlap);
@@ -26,6 +28,10 @@ Conventions (as everywhere in attendseg, see :mod:`attendseg.views`):
 * caption spans: ``(start, end)`` character offsets into ``Scene.caption``:
   ``caption[start:end]`` is the phrase ("a red circle"), its colour word or its shape word (the
   phrase's root, the word whose predicting row grounds it).
+
+Aspect ratios: :func:`make_scene` draws the square world unless given ``aspect``; the *mixed*
+world (:func:`scene_aspect`) gives each seed one of :data:`ASPECTS`, drawn from its own generator
+``default_rng([seed, 2])``, so the scene of a seed at aspect 1:1 is the square world's scene.
 
 Seeds (``numpy.random.default_rng(seed)``; a scene is a pure function of seed and options):
 
@@ -73,9 +79,14 @@ ORDERS: dict[str, tuple[str, str]] = {
 BACKGROUNDS: tuple[str, ...] = ("stripes", "checks", "noise", "dots", "gradient")
 
 DEFAULT_SIZE = 64
-ORDER_MARGIN = 0.07  # min centre gap along the order axis, as a fraction of the image side
+ORDER_MARGIN = 0.07  # min centre gap along the order axis, as a fraction of that axis's length
 SIZE_RATIO = 1.25  # min area ratio between consecutive objects for the "size" order
-RADIUS_RANGE = (0.11, 0.2)  # object half-extent, as a fraction of the image side
+RADIUS_RANGE = (0.11, 0.2)  # object half-extent, as a fraction of the image's shorter side
+
+#: Aspect ratios (width : height) of the mixed world, from tall (1:2) to wide (2:1).
+ASPECTS: dict[str, float] = {"1:2": 1 / 2, "2:3": 2 / 3, "1:1": 1.0, "3:2": 3 / 2, "2:1": 2.0}
+#: The worlds an evaluation can draw from: every scene square, or each seed's own aspect.
+WORLDS: tuple[str, ...] = ("square", "mixed")
 
 TRAIN_SEEDS = range(0, 1_000_000_000)
 HELDOUT_SEEDS = range(1_000_000_000, 2_000_000_000)
@@ -90,6 +101,31 @@ VOCABULARY: tuple[str, ...] = tuple(
         + list(SHAPES)
     )
 )
+
+
+def image_shape(size: int = DEFAULT_SIZE, aspect: float = 1.0) -> tuple[int, int]:
+    """``(H, W)`` of a scene: the shorter side is ``size``, ``W / H ≈ aspect`` (rounded)."""
+    if not 0.2 <= aspect <= 5:
+        raise ValueError(f"aspect (width / height) must be in [0.2, 5], not {aspect}")
+    if aspect >= 1:
+        return size, int(round(size * aspect))
+    return int(round(size / aspect)), size
+
+
+def scene_aspect(seed: int, world: str = "mixed") -> str:
+    """The aspect name (a key of :data:`ASPECTS`) of ``seed`` in ``world`` ("square": always
+    "1:1"; "mixed": uniform over :data:`ASPECTS` from ``default_rng([seed, 2])``)."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose from {list(WORLDS)}")
+    if world == "square":
+        return "1:1"
+    return list(ASPECTS)[np.random.default_rng([seed, 2]).integers(len(ASPECTS))]
+
+
+def world_scene(seed: int, world: str = "square", *, size: int = DEFAULT_SIZE, **options) -> "Scene":
+    """The scene of ``seed`` in ``world`` (:data:`WORLDS`): :func:`make_scene` at the seed's
+    aspect; ``options`` go to :func:`make_scene` (``n_objects``, ``order``)."""
+    return make_scene(seed, size=size, aspect=ASPECTS[scene_aspect(seed, world)], **options)
 
 
 def heldout_seeds(n: int, set_id: int = 0) -> list[int]:
@@ -138,7 +174,17 @@ class Scene:
 
     @property
     def size(self) -> int:
-        return self.image.shape[0]
+        """The shorter image side (the square world's ``size``)."""
+        return min(self.image.shape[:2])
+
+    @property
+    def aspect(self) -> str:
+        """``"W:H"`` reduced (``"2:1"`` is twice as wide as high; ``"1:1"`` square)."""
+        from math import gcd
+
+        h, w = self.image.shape[:2]
+        g = gcd(h, w)
+        return f"{w // g}:{h // g}"
 
     def object_at_span(self, start: int, end: int) -> int | None:
         """Index of the object whose phrase span overlaps ``[start, end)``, else ``None``."""
@@ -174,9 +220,16 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def shape_mask(shape: str, size: int, centre, radius: float, angle: float = 0.0) -> np.ndarray:
-    """``bool [size, size]``: pixels whose centre lies inside the shape."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+def _hw(size) -> tuple[int, int]:
+    """``(H, W)`` from a side (square) or an ``(H, W)`` pair."""
+    return (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def shape_mask(shape: str, size, centre, radius: float, angle: float = 0.0) -> np.ndarray:
+    """``bool [H, W]``: pixels whose centre lies inside the shape; ``size`` is the side of a
+    square image or its ``(H, W)``."""
+    h, w = _hw(size)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
     dx, dy = xx - centre[0], yy - centre[1]
     t = np.deg2rad(angle)
     u = (np.cos(t) * dx + np.sin(t) * dy) / radius
@@ -185,23 +238,31 @@ def shape_mask(shape: str, size: int, centre, radius: float, angle: float = 0.0)
 
 
 # ------------------------------------------------------------------------------ drawing
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Bilinearly upsampled uniform noise in [0, 1], ``[size, size]``."""
-    g = rng.random((cells + 1, cells + 1))
-    t = np.linspace(0, cells, size, endpoint=False) + cells / size / 2
-    i = np.minimum(t.astype(int), cells - 1)
-    f = t - i
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Bilinearly upsampled uniform noise in [0, 1], ``[h, w]``; ``cells`` along the shorter
+    side (square cells)."""
+    ch, cw = (cells * h) // min(h, w), (cells * w) // min(h, w)
+    g = rng.random((ch + 1, cw + 1))
+
+    def axis(n, c):
+        t = np.linspace(0, c, n, endpoint=False) + c / n / 2
+        i = np.minimum(t.astype(int), c - 1)
+        return i, t - i
+
+    i, f = axis(h, ch)
+    j, e = axis(w, cw)
     rows = g[i] * (1 - f)[:, None] + g[i + 1] * f[:, None]
-    return rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :]
+    return rows[:, j] * (1 - e)[None, :] + rows[:, j + 1] * e[None, :]
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+def _background(rng: np.random.Generator, h: int, width: int) -> tuple[np.ndarray, str]:
+    size = min(h, width)
     kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     base = rng.uniform(50, 150)
     tint = rng.normal(0, 12, 3)
     c1 = np.clip(base + tint, 0, 255)
     c2 = np.clip(c1 + rng.choice([-1, 1]) * rng.uniform(12, 30) + rng.normal(0, 4, 3), 0, 255)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    yy, xx = np.mgrid[0:h, 0:width].astype(np.float64) + 0.5
     if kind == "stripes":
         t = np.deg2rad(rng.uniform(0, 180))
         period = rng.uniform(0.08, 0.25) * size
@@ -210,7 +271,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
         period = rng.uniform(0.08, 0.2) * size
         w = ((xx // period + yy // period) % 2).astype(bool)
     elif kind == "noise":
-        w = _smooth_noise(rng, size, int(rng.integers(3, 9)))
+        w = _smooth_noise(rng, h, width, int(rng.integers(3, 9)))
     elif kind == "dots":
         period = rng.uniform(0.1, 0.2) * size
         r = rng.uniform(0.15, 0.3) * period
@@ -220,19 +281,19 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
         w = (np.cos(t) * xx + np.sin(t) * yy) / size
         w = (w - w.min()) / (np.ptp(w) + 1e-9)
     w = np.asarray(w, dtype=np.float64)[..., None]
-    img = c1 * (1 - w) + c2 * w + rng.normal(0, 4, (size, size, 1))
+    img = c1 * (1 - w) + c2 * w + rng.normal(0, 4, (h, width, 1))
     return img, kind
 
 
 def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, rgb, centre, radius):
     """Paint a shaded, textured object into ``img`` (float [H, W, 3]) on ``mask`` only."""
-    size = img.shape[0]
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
     t = rng.uniform(0, 2 * np.pi)
     g = ((xx - centre[0]) * np.cos(t) + (yy - centre[1]) * np.sin(t)) / radius  # ~[-1, 1]
     shade = 0.95 + rng.uniform(0.06, 0.14) * g  # brightness gradient
     colour = np.asarray(rgb, dtype=np.float64) * shade[..., None]
-    colour += rng.normal(0, 5, (size, size, 3))
+    colour += rng.normal(0, 5, (h, w, 3))
     rim = mask & ~(
         np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
     )
@@ -245,19 +306,20 @@ def _order_key(order: str, centre, area):
     return {"left": x, "right": -x, "top": y, "bottom": -y, "size": -area}[order]
 
 
-def _unambiguous(order: str, objs: list[dict], size: int) -> bool:
+def _unambiguous(order: str, objs: list[dict], h: int, w: int) -> bool:
     if order == "size":
         areas = sorted(o["area"] for o in objs)
         return all(b >= SIZE_RATIO * a for a, b in zip(areas, areas[1:]))
     axis = 0 if order in ("left", "right") else 1
     vals = sorted(o["centre"][axis] for o in objs)
-    return all(b - a >= ORDER_MARGIN * size for a, b in zip(vals, vals[1:]))
+    return all(b - a >= ORDER_MARGIN * (w, h)[axis] for a, b in zip(vals, vals[1:]))
 
 
 def make_scene(
     seed: int,
     *,
     size: int = DEFAULT_SIZE,
+    aspect: float = 1.0,
     n_objects: int | None = None,
     order: str | None = None,
 ) -> Scene:
@@ -266,7 +328,8 @@ def make_scene(
     Args:
         seed: ``numpy.random.default_rng`` seed; see the module docstring for the training /
             held-out ranges.
-        size: image side in pixels (images are square).
+        size: the image's shorter side in pixels (the side of a square scene).
+        aspect: width / height (1: square; 2: ``H = size, W = 2 size``; 0.5: ``H = 2 size, W = size``).
         n_objects: 1–4; drawn uniformly when ``None``.
         order: one of :data:`ORDERS`; drawn uniformly when ``None``.
 
@@ -280,21 +343,22 @@ def make_scene(
     order = list(ORDERS)[rng.integers(len(ORDERS))] if order is None else order
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; choose from {list(ORDERS)}")
-    img, bg_kind = _background(rng, size)
+    h, w = image_shape(size, aspect)
+    img, bg_kind = _background(rng, h, w)
     background = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     img = background.astype(np.float64)
 
     colours = rng.permutation(list(COLOURS))[:n]
     for _attempt in range(200):
         objs: list[dict] = []
-        occupied = np.zeros((size, size), bool)
+        occupied = np.zeros((h, w), bool)
         for k in range(n):
             for _ in range(100):
                 radius = rng.uniform(*RADIUS_RANGE) * size
-                cx, cy = rng.uniform(radius + 1, size - radius - 1, 2)
+                cx, cy = rng.uniform(radius + 1, np.array([w, h]) - radius - 1)
                 shape = SHAPES[rng.integers(len(SHAPES))]
                 angle = rng.uniform(-20, 20)
-                m = shape_mask(shape, size, (cx, cy), radius, angle)
+                m = shape_mask(shape, (h, w), (cx, cy), radius, angle)
                 grown = m | np.roll(m, 1, 0) | np.roll(m, -1, 0) | np.roll(m, 1, 1) | np.roll(m, -1, 1)
                 if m.sum() >= 12 and not (grown & occupied).any():
                     break
@@ -303,7 +367,7 @@ def make_scene(
             occupied |= m
             objs.append(dict(shape=shape, colour=str(colours[k]), centre=(cx, cy),
                              radius=radius, angle=angle, mask=m, area=int(m.sum())))
-        if len(objs) == n and _unambiguous(order, objs, size):
+        if len(objs) == n and _unambiguous(order, objs, h, w):
             break
     else:  # pragma: no cover - vanishingly rare
         raise RuntimeError(f"could not place {n} objects for seed {seed}")
@@ -334,7 +398,7 @@ def make_scene(
             )
         )
     caption += "."
-    masks = np.stack([o["mask"] for o in objs]) if objs else np.zeros((0, size, size), bool)
+    masks = np.stack([o["mask"] for o in objs]) if objs else np.zeros((0, h, w), bool)
     return Scene(seed=int(seed), image=image, background=background, masks=masks,
                  objects=objects, order=order, prompt=prompt, caption=caption,
                  meta={"background": bg_kind})
