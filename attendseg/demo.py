@@ -1,15 +1,14 @@
 """The bundled shapes-world demo model and the ``attendseg demo`` run.
 
-The demo grounds a fixed set of held-out scenes (:data:`attendseg.shapes.DEMO_SEEDS`) with the
-bundled model, and writes per-scene overlays, a contact sheet and a metrics summary.
+The demo grounds a fixed set of held-out scenes (:data:`attendseg.shapes.DEMO_SEEDS`, drawn in
+the square or the mixed-aspect world) with a bundled model through the one shapes evaluation
+(:mod:`attendseg.shapes_eval`), and writes per-scene overlays, a contact sheet and its figures.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
 
 from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, resolve_model  # noqa: F401  (public here too)
 
@@ -18,48 +17,46 @@ BUNDLED_MODEL = BUNDLED_MODELS[DEFAULT_MODEL]
 ZOOM = 4
 
 
-def run_demo(out: Path, model=None, refiner: str = "superpixel", progress: bool = True) -> dict:
-    """Ground the demo scenes; write ``scene_*.png`` overlays, ``contact_sheet.png`` and
-    ``metrics.json`` (with each scene's JSON result) under ``out``. Returns the metrics: caption
-    exact-match, point accuracy on the model's answers and with the true captions teacher-forced,
-    and the mean IoU of the masks of named objects."""
+def run_demo(out: Path, model=None, refiner: str = "superpixel", world: str | None = None,
+             progress: bool = True) -> dict:
+    """Ground the demo scenes of ``world`` ("square" or "mixed"; default: the world the model
+    was trained in, :func:`attendseg.shapes_eval.trained_world`); write ``scene_*.png`` overlays,
+    ``contact_sheet.png`` and ``metrics.json`` (with each scene's JSON result) under ``out``.
+
+    Returns:
+        :meth:`attendseg.shapes_eval.ShapesEvaluation.figures` (caption exact-match, point
+        accuracy on the model's answers and with the true captions teacher-forced, the
+        refiner's GCG mIoU and recall, splits by order, object count and aspect) plus ``model``,
+        ``refiner`` and ``world``.
+    """
     from . import shapes, viz
+    from .attender import load
     from .files import atomic_save_image, atomic_write_text
-    from .grounder import Grounder
-    from .metrics import mask_iou
-    from .shapes_eval import SHAPE_PHRASES, named_object, point_hits
+    from .grounder import Settings, checkpoint_settings
+    from .refiners import make_refiner
+    from .shapes_eval import ShapesEvaluation, run_evaluation, trained_world
 
     model = resolve_model(model)
-    grounder = Grounder.from_pretrained(model, refiner=refiner, phrases=SHAPE_PHRASES)
-    settings = grounder.settings
-    scenes = [shapes.make_scene(seed) for seed in shapes.DEMO_SEEDS]
-    images, prompts = [s.image for s in scenes], [s.prompt for s in scenes]
-    capture = dict(layers=settings.layers, heads=settings.heads)
-    answers = grounder.attender.attend(images, prompts, max_new_tokens=48, progress=progress, **capture)
-    forced = grounder.attender.attend_text(images, prompts, [s.caption for s in scenes], **capture)
+    world = world or trained_world(model)
+    if world not in shapes.WORLDS:
+        from .errors import AttendsegError
+
+        raise AttendsegError(f"unknown world {world!r}; choose from {', '.join(shapes.WORLDS)}")
+    evaluation = ShapesEvaluation(load(model), Settings(**checkpoint_settings(model)), {refiner: make_refiner(refiner)})
+    scenes = [shapes.world_scene(seed, world) for seed in shapes.DEMO_SEEDS]
     out.mkdir(parents=True, exist_ok=True)
-    sheet, exact, hits, hits_tf, objects, ious = [], 0, 0, 0, 0, []
-    for scene, trace, tf in zip(scenes, answers, forced):
-        grounding = grounder.ground_trace(trace, scene.image)
-        grounding.meta["seed"] = scene.seed
-        grounding.save_json(out / f"scene_{scene.seed}.json")
-        exact += trace.text.strip() == scene.caption
-        objects += len(scene.objects)
-        hits += point_hits(trace, scene, settings)
-        hits_tf += point_hits(tf, scene, settings)
-        for phrase in grounding.phrases:
-            k = named_object(grounding.answer, phrase, scene)
-            if k is not None:
-                ious.append(mask_iou(phrase.mask, scene.masks[k]))
-        picture = viz.overlay(*viz.zoom(scene.image, shapes.readable(grounding), ZOOM))
-        atomic_save_image(picture, out / f"scene_{scene.seed}.png")
+    sheet = []
+
+    def draw(result) -> None:
+        grounding = result.groundings[refiner]
+        grounding.meta["seed"] = result.scene.seed
+        grounding.save_json(out / f"scene_{result.scene.seed}.json")
+        picture = viz.overlay(*viz.zoom(result.scene.image, shapes.readable(grounding), ZOOM))
+        atomic_save_image(picture, out / f"scene_{result.scene.seed}.png")
         sheet.append(picture)
-    metrics = {
-        "model": str(model), "refiner": refiner, "scenes": len(scenes), "objects": objects,
-        "caption_exact": exact / len(scenes), "point_accuracy": hits / max(objects, 1),
-        "point_accuracy_true_caption": hits_tf / max(objects, 1),
-        "mean_iou_of_named_objects": float(np.mean(ious)) if ious else 0.0,
-    }
+
+    figures = run_evaluation(evaluation, scenes, progress=progress, label="demo", on_result=draw)
+    metrics = {"model": str(model), "refiner": refiner, "world": world, **figures}
     atomic_save_image(viz.contact_sheet(sheet, ncols=6), out / "contact_sheet.png")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     return metrics

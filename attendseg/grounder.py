@@ -82,14 +82,15 @@ class Settings:
             raise AttendsegError("points and instances must be ≥ 1")
 
 
-def _settings_file(model) -> dict:
+def settings_file(model) -> dict:
+    """A local checkpoint folder's ``attendseg.json`` (or {}: a hub id, or no file)."""
     path = Path(str(model)).expanduser() / SETTINGS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def checkpoint_settings(model) -> dict:
     """Measured defaults shipped in a local checkpoint folder's ``attendseg.json`` (or {})."""
-    data = _settings_file(model).get("settings", {})
+    data = settings_file(model).get("settings", {})
     return {k: v for k, v in data.items() if k in Settings.__dataclass_fields__}
 
 
@@ -99,7 +100,7 @@ def checkpoint_defaults(model) -> dict:
     The bundled shapes-world model carries its own: it was trained only on "list the objects
     from … to …." prompts and a 41-word vocabulary, and asked anything else it can loop until
     the token limit."""
-    data = _settings_file(model).get("defaults", {})
+    data = settings_file(model).get("defaults", {})
     return {k: v for k, v in data.items() if k in DEFAULT_KEYS}
 
 

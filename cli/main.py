@@ -362,11 +362,22 @@ def attend(
     _print_summary(summary, out)
 
 
+def _world(aspect: Optional[str]) -> Optional[str]:
+    """A checked ``--aspect`` (a shapes world name), or None."""
+    from attendseg.shapes import WORLDS
+
+    if aspect is not None and aspect not in WORLDS:
+        _fail(f"--aspect must be one of {', '.join(WORLDS)}, not {aspect!r}")
+    return aspect
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("attendseg-demo"), "--out", "-o", help="Output folder."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     refiner: str = typer.Option("superpixel", "--refiner", "-r", help="superpixel | threshold."),
+    aspect: Optional[str] = typer.Option(None, "--aspect", help="square | mixed: the scenes' aspect ratios "
+                                         "(default: the world the model was trained in)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ):
     """Ground the fixed demo scenes with the bundled model: overlays, a contact sheet, metrics."""
@@ -375,13 +386,13 @@ def demo(
 
     _quiet_transformers()
     try:
-        metrics = run_demo(out.expanduser(), model=model, refiner=refiner, progress=not quiet)
+        metrics = run_demo(out.expanduser(), model=model, refiner=refiner, world=_world(aspect), progress=not quiet)
     except AttendsegError as error:
         _fail(str(error))
-    typer.echo(f"{metrics['scenes']} scenes, {metrics['objects']} objects: caption exact-match "
-               f"{metrics['caption_exact']:.2f}, point accuracy {metrics['point_accuracy']:.2f} "
-               f"({metrics['point_accuracy_true_caption']:.2f} with the true captions), "
-               f"mean IoU of named objects {metrics['mean_iou_of_named_objects']:.2f}")
+    typer.echo(f"{metrics['scenes']} {metrics['world']} scenes, {metrics['objects']} objects: caption exact-match "
+               f"{metrics['caption_exact']:.2f}, point accuracy {metrics['point_acc']:.2f} "
+               f"({metrics['point_acc_tf']:.2f} with the true captions), "
+               f"{refiner} mask mIoU {metrics[refiner]['miou']:.2f}")
     typer.echo(f"overlays, contact_sheet.png and metrics.json in {out}")
 
 
@@ -393,6 +404,8 @@ def eval_shapes(
     sam_model: Optional[str] = typer.Option(None, "--sam-model", help="SAM hub id or folder (with -r sam)."),
     n: int = typer.Option(500, "--n", min=1, help="Held-out scenes."),
     seed: int = typer.Option(0, "--seed", min=0, help="Held-out set (0: the standard test set)."),
+    aspect: str = typer.Option("square", "--aspect", help="square: every scene square; mixed: each scene at one of "
+                               "the aspect ratios 1:2, 2:3, 1:1, 3:2, 2:1 (width:height)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Also report each layer's point accuracy."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Score an untrained copy and a random point."),
     normalisation: Optional[str] = typer.Option(None, "--normalisation", help="mean | none (default: the model's)."),
@@ -412,7 +425,7 @@ def eval_shapes(
     try:
         results = evaluate_shapes(_model(model), refiners=tuple(refiner), n=n, seed=seed, batch_size=batch_size,
                                   per_layer=per_layer, sam_model=sam_model, baselines=baselines, device=device,
-                                  progress=not quiet, **settings)
+                                  progress=not quiet, world=_world(aspect), **settings)
     except AttendsegError as error:
         _fail(str(error))
     typer.echo(json.dumps(results, indent=1) if json_out else format_table(results))

@@ -1,4 +1,5 @@
-"""Train the shapes-world LLaVA from scratch with caption loss only.
+"""Train a shapes-world model (LLaVA, or Qwen2-VL with ``--family qwen2_vl``) from scratch with
+caption loss only.
 
 Runs as ``python scripts/train_shapes.py`` or ``accelerate launch scripts/train_shapes.py``
 (CPU or GPUs; each process draws its own scenes). Data-parallel on CPU cores (gloo), e.g. both
@@ -6,7 +7,7 @@ cores of a 2-core machine::
 
     ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py ...
 
-Only the caption tokens (and the closing ``</s>``) are labels; masks, boxes and positions never
+Only the caption tokens (and the closing ``</s>`` / ``<|im_end|>``) are labels; masks, boxes and positions never
 enter training. With ``--vision-pretrain-minutes`` a first stage trains the vision tower alone
 to predict which words a scene's caption contains (:func:`pretrain_vision`), which is what lets
 the tower learn shapes within a CPU hour (RESULTS.md).
@@ -16,21 +17,32 @@ seed ``(s * world + p) * batch + i`` (always inside ``attendseg.shapes.TRAIN_SEE
 ``TUNE_SEEDS``), so a step-based run is a pure function of its options and resuming replays
 nothing (``--max-minutes`` makes the schedule depend on the machine's speed).
 
-Usage (the bundled model's run, 12 + 45 minutes on 2 cores)::
+``--family qwen2_vl`` builds a tiny ``Qwen2VLForConditionalGeneration`` (2-D multimodal RoPE
+in the language model, the image at its own aspect ratio through the family's real processor,
+``--merge`` × ``--merge`` merged patches) and ``--world mixed`` draws every training scene at
+one of ``shapes.ASPECTS``. Its batches go through the processor itself (:class:`QwenBatcher`).
+
+Usage (the bundled models' runs on 2 cores: shapes-llava 12 + 45 minutes, shapes-qwen2vl
+11 + 46 minutes)::
 
     ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py \
         --out runs/shapes5 --steps 8000 --vision-pretrain-minutes 12 --max-minutes 45 \
         --batch 32 --lr 1e-3 --warmup 200 --vision-hidden 64 --vision-layers 6 --text-hidden 64 \
         --n-weights 2,1,1,1 --uniform-after 0.3 --vision-positions sincos
+    ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py \
+        --family qwen2_vl --world mixed --out runs/qwen1 --steps 8000 --vision-pretrain-minutes 11 \
+        --max-minutes 46 --batch 32 --lr 1e-3 --warmup 200 --patch 8 --merge 1 --vision-hidden 64 \
+        --vision-layers 6 --text-hidden 64 --rope-theta 20 --n-weights 2,1,1,1 --uniform-after 0.3
     python scripts/train_shapes.py --out runs/shapes5 ... --resume        # continue stage 2
-    python scripts/train_shapes.py --out runs/shapes5 --eval-only --eval-seeds tune --n 300
-    python scripts/train_shapes.py --out runs/shapes5 --export attendseg/data/shapes-llava
+    python scripts/train_shapes.py --out runs/qwen1 --world mixed --eval-only --eval-seeds tune --n 300
+    python scripts/train_shapes.py --world mixed --choose-settings runs/qwen1/model --n 300
+    python scripts/train_shapes.py --out runs/qwen1 --export attendseg/data/shapes-qwen2vl
 
 ``--out`` holds ``model/`` (a ``save_pretrained`` folder), ``state.pt`` (optimizer, scheduler,
-step — the resume point) and ``log.jsonl`` (loss per logging interval, evaluations).
-The measurement (``--eval-only``) uses transformers' eager ``output_attentions`` on a
-teacher-forced pass over the *generated* caption: the map of a word is the attention row of the
-position that predicts it, over the image-token columns, mean over heads, per layer.
+step — the resume point), ``log.jsonl`` (loss per logging interval, the command of every start)
+and ``eval_*.json``; ``--export`` writes the package folder with ``training_log.json`` built
+from them. Evaluation and the choice of map settings are the one shapes evaluation,
+:mod:`attendseg.shapes_eval` (attendseg's own capture, as ``attendseg eval shapes`` runs it).
 """
 
 from __future__ import annotations
@@ -48,7 +60,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attendseg import shapes  # noqa: E402
-from attendseg.files import atomic_write  # noqa: E402
+from attendseg.files import atomic_write, atomic_write_text  # noqa: E402
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,6 +69,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/shapes")
+    p.add_argument("--family", choices=("llava", "qwen2_vl"), default="llava")
+    p.add_argument("--world", choices=shapes.WORLDS, default="square",
+                   help="training scenes: all square, or each at its seed's aspect ratio (mixed)")
+    p.add_argument("--merge", type=int, default=2, help="qwen2_vl: spatial merge size")
+    p.add_argument("--rope-theta", type=float, default=0,
+                   help="qwen2_vl: the language model's rope_theta (0: the builder's 1e6)")
+    p.add_argument("--max-pixels", type=int, default=64 * 128,
+                   help="qwen2_vl: the image processor's max_pixels (larger images are scaled down)")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=32, help="per process")
     p.add_argument("--lr", type=float, default=1.5e-3)
@@ -91,11 +111,17 @@ def parse_args(argv=None):
                         "'4,3,2,1' (default: uniform, like make_scene)")
     p.add_argument("--uniform-after", type=float, default=0.8,
                    help="schedule progress after which training scenes are uniform again")
-    p.add_argument("--eval-only", action="store_true")
-    p.add_argument("--untrained", action="store_true", help="evaluate the random init instead")
-    p.add_argument("--eval-seeds", default="tune", help="'tune' (training range) or 'heldout'")
-    p.add_argument("--n", type=int, default=200, help="scenes to evaluate")
-    p.add_argument("--eval-json", default="", help="write the evaluation here")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate the run's model (attendseg.shapes_eval, in --world) and exit")
+    p.add_argument("--untrained", action="store_true", help="with --eval-only: also the untrained and "
+                                                                "random-point baselines")
+    p.add_argument("--eval-seeds", default="tune", help="'tune' (training range), 'heldout' or 'heldout:SET'")
+    p.add_argument("--n", type=int, default=200, help="scenes to evaluate / to choose settings on")
+    p.add_argument("--eval-json", default="",
+                   help="write the evaluation here (default OUT/eval_<seeds>_<world>.json; export gathers "
+                        "OUT/eval_*.json into training_log.json)")
+    p.add_argument("--choose-settings", default="", metavar="FOLDER",
+                   help="choose FOLDER's map settings on --n tune scenes of --world, write its attendseg.json, exit")
     p.add_argument("--export", default="", help="write the package folder here and exit")
     p.add_argument("--half", action="store_true", help="export fp16 weights")
     return p.parse_args(argv)
@@ -103,6 +129,8 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------- model / data
 def build(args, folder: Path):
+    if args.family == "qwen2_vl":
+        return build_qwen(args, folder)
     from attendseg.tiny import build_llava
 
     return build_llava(
@@ -120,6 +148,38 @@ def build(args, folder: Path):
         seed=args.seed,
         vision_positions=args.vision_positions,
     )
+
+
+def build_qwen(args, folder: Path):
+    """A tiny Qwen2-VL: vision tower ``--vision-layers`` × ``--vision-hidden`` (``--patch`` px
+    patches, ``--merge`` × ``--merge`` merge), language model ``--text-layers`` × ``--text-hidden``
+    with ``--heads`` heads; M-RoPE sections as the builder derives them (temporal, height, width)."""
+    from attendseg.tiny.qwen_vl import build_qwen_vl
+
+    head_dim = args.text_hidden // args.heads
+    half = head_dim // 2
+    sections = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    text = dict(hidden_size=args.text_hidden, intermediate_size=4 * args.text_hidden,
+                num_hidden_layers=args.text_layers, num_attention_heads=args.heads,
+                num_key_value_heads=args.heads, max_position_embeddings=1024)
+    if args.rope_theta:
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": args.rope_theta, "mrope_section": sections}
+    factor = args.patch * args.merge
+    return build_qwen_vl(
+        folder, shapes.VOCABULARY, model_type="qwen2_vl", seed=args.seed, text=text,
+        vision=dict(depth=args.vision_layers, embed_dim=args.vision_hidden, num_heads=args.heads, mlp_ratio=4,
+                    patch_size=args.patch, spatial_merge_size=args.merge),
+        image_processor=dict(min_pixels=factor * factor * 4, max_pixels=args.max_pixels),
+    )
+
+
+def load_model(args, folder: Path, attn: str = "sdpa"):
+    """The family's model class ``from_pretrained(folder)`` (fp32) and its processor."""
+    from attendseg.adapters import load_processor
+    from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    cls = Qwen2VLForConditionalGeneration if args.family == "qwen2_vl" else LlavaForConditionalGeneration
+    return cls.from_pretrained(folder, attn_implementation=attn, dtype=torch.float32), load_processor(folder)
 
 
 def pixel_values(images: list[np.ndarray]) -> torch.Tensor:
@@ -173,127 +233,52 @@ class Batcher:
         }
 
 
+class QwenBatcher:
+    """Qwen2-VL training batches through the family's real processor: chat template, image
+    processor (``smart_resize`` at the image's own aspect ratio), ``<|image_pad|>`` expansion,
+    ``mm_token_type_ids`` for M-RoPE. Labels are the caption tokens and ``<|im_end|>`` (every
+    token after the assistant turn's header); rows are left-padded as the tokenizer pads."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tok = processor.tokenizer
+        self.eos = self.tok.eos_token_id
+        self.pad = self.tok.pad_token_id
+        self.assistant = self.tok.convert_tokens_to_ids("assistant")
+        self.texts = {order: self.prompt_text(prompt) for order, (prompt, _) in shapes.ORDERS.items()}
+
+    def prompt_text(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def __call__(self, scenes):
+        texts = [self.texts[sc.order] + sc.caption + self.tok.eos_token for sc in scenes]
+        batch = self.processor(images=[sc.image for sc in scenes], text=texts, padding=True, return_tensors="pt")
+        ids = batch["input_ids"]
+        # the caption starts after the last "assistant" token of each row
+        last = ids.shape[1] - 1 - (ids == self.assistant).flip(1).int().argmax(1)
+        labels = ids.masked_fill(torch.arange(ids.shape[1]) <= last[:, None], -100)
+        batch["labels"] = labels.masked_fill(batch["attention_mask"] == 0, -100)
+        return dict(batch)
+
+
+def make_batcher(args, processor):
+    return QwenBatcher(processor) if args.family == "qwen2_vl" else Batcher(processor, args.image_size)
+
+
+def training_scenes(args, seeds, n_weights=None, progress: float = 1.0, **options):
+    """The scenes of ``seeds`` in ``--world`` (object counts from ``n_weights`` while
+    ``progress < --uniform-after``)."""
+    if n_weights is not None and progress < args.uniform_after:
+        return [shapes.world_scene(s, args.world, size=args.image_size, n_objects=int(
+            np.random.default_rng([s, 1]).choice(4, p=n_weights)) + 1, **options) for s in seeds]
+    return [shapes.world_scene(s, args.world, size=args.image_size, **options) for s in seeds]
+
+
 def scene_seed(step: int, proc: int, world: int, batch: int, i: int) -> int:
     seed = (step * world + proc) * batch + i
     assert seed < shapes.TUNE_SEEDS.start
     return seed
-
-
-# ---------------------------------------------------------------------------- evaluation
-def _word_maps(model, ids, pv, n_prompt, start, n_img):
-    """``[L + 1, T, N]``: per layer (and the mean over layers, last) the mean-over-heads
-    attention of the row predicting each of the ``T`` tokens after the prompt, image columns."""
-    o = model(input_ids=ids, pixel_values=pv, output_attentions=True)
-    rows = torch.arange(ids.shape[1] - n_prompt) + n_prompt - 1
-    maps = torch.stack([a[0][:, rows, start : start + n_img].mean(0) for a in o.attentions])
-    return torch.cat([maps, maps.mean(0, keepdim=True)]), o.logits[0]
-
-
-@torch.no_grad()
-def evaluate(model, processor, batcher, seeds, image_size, batch=25, log=print):
-    """Caption exact match; point accuracy per layer, raw and mean-normalised; random point.
-
-    Point accuracy: for each ground-truth object, the phrase "a <colour> <shape>" is looked up
-    in the caption; its map (the row predicting the shape word — the phrase root — or the colour
-    word, or the mean of the three words' rows) is upsampled bicubically to the image, and a hit
-    is its argmax inside the object's mask. ``generated``: on the greedy caption (a phrase the
-    model did not say is a miss); ``forced``: teacher-forced on the ground-truth caption (what an
-    untrained model is measured on). Normalised = minus the mean map over all caption tokens
-    (EOS included), as in the paper.
-    """
-    import torch.nn.functional as F
-
-    model.eval()
-    tok = processor.tokenizer
-    n_layers = model.config.text_config.num_hidden_layers
-    grid = image_size // model.config.vision_config.patch_size
-    n_img = grid * grid
-    img_id = model.config.image_token_id
-    rng = np.random.default_rng(12345)
-    exact = 0
-    n_obj = 0
-    layer_names = [*map(str, range(n_layers)), "all"]
-    hits = {f"{mode}/{norm}/{which}/{layer}": 0 for mode in ("generated", "forced")
-            for norm in ("raw", "norm") for which in ("shape", "colour", "phrase")
-            for layer in layer_names}
-    hits_rand = 0
-    tf_ok = {"colour": [0, 0], "shape": [0, 0], "all": [0, 0]}
-    by_n = {}
-
-    def score(mode, maps, words, obj, mask):
-        t_shape = None
-        for t in range(1, len(words)):
-            if words[t] == obj.shape and words[t - 1] == obj.colour:
-                t_shape = t
-                break
-        if t_shape is None:
-            return
-        normed = maps - maps.mean(1, keepdim=True)
-        for norm, M in (("raw", maps), ("norm", normed)):
-            for which, ts in (("shape", [t_shape]), ("colour", [t_shape - 1]),
-                              ("phrase", [t_shape - 2, t_shape - 1, t_shape])):
-                m = M[:, ts].mean(1).view(-1, 1, grid, grid)
-                up = F.interpolate(m, size=(image_size, image_size), mode="bicubic",
-                                   align_corners=False).flatten(1)
-                inside = mask.flatten()[up.argmax(1)]
-                for li, h in enumerate(inside.tolist()):
-                    hits[f"{mode}/{norm}/{which}/{layer_names[li]}"] += h
-
-    for b0 in range(0, len(seeds), batch):
-        scenes = [shapes.make_scene(s, size=image_size) for s in seeds[b0 : b0 + batch]]
-        # prompts all have the same length, so the batch needs no padding
-        prompt = torch.tensor([batcher.prompt_ids[sc.order] for sc in scenes])
-        pv = pixel_values([sc.image for sc in scenes])
-        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
-                             pixel_values=pv, max_new_tokens=40, do_sample=False,
-                             suppress_tokens=[img_id, batcher.pad])
-        gen = out[:, prompt.shape[1]:]
-        for i, sc in enumerate(scenes):
-            g = gen[i].tolist()
-            if batcher.eos in g:
-                g = g[: g.index(batcher.eos) + 1]
-            text = tok.decode(g, skip_special_tokens=True).strip()
-            ok = text == sc.caption
-            exact += ok
-            by_n.setdefault(len(sc.objects), [0, 0])
-            by_n[len(sc.objects)][0] += ok
-            by_n[len(sc.objects)][1] += 1
-            P = len(batcher.prompt_ids[sc.order])
-            start = batcher.prompt_ids[sc.order].index(img_id)
-            # generated caption: the model's own tokens
-            ids = torch.tensor([batcher.prompt_ids[sc.order] + g])
-            gen_maps, _ = _word_maps(model, ids, pv[i : i + 1], P, start, n_img)
-            gen_words = tok.convert_ids_to_tokens(g)
-            # teacher-forced ground-truth caption
-            gt = tok(sc.caption, add_special_tokens=False)["input_ids"] + [batcher.eos]
-            ids = torch.tensor([batcher.prompt_ids[sc.order] + gt])
-            tf_maps, logits = _word_maps(model, ids, pv[i : i + 1], P, start, n_img)
-            gt_words = tok.convert_ids_to_tokens(gt)
-            pred = logits[P - 1 : -1].argmax(-1).tolist()
-            for t, (p_, y) in enumerate(zip(pred, gt)):
-                kind = ("colour" if gt_words[t] in shapes.COLOURS else
-                        "shape" if gt_words[t] in shapes.SHAPES else None)
-                for key in (kind, "all"):
-                    if key:
-                        tf_ok[key][0] += p_ == y
-                        tf_ok[key][1] += 1
-            for k_obj, obj in enumerate(sc.objects):
-                n_obj += 1
-                mask = torch.from_numpy(sc.masks[k_obj])
-                ry, rx = rng.integers(0, image_size, 2)
-                hits_rand += bool(mask[ry, rx])
-                score("generated", gen_maps, gen_words, obj, mask)
-                score("forced", tf_maps, gt_words, obj, mask)
-        log(f"eval {b0 + len(scenes)}/{len(seeds)}: exact {exact / (b0 + len(scenes)):.3f}")
-    return {
-        "n_scenes": len(seeds),
-        "n_objects": n_obj,
-        "caption_exact": exact / len(seeds),
-        "exact_by_n_objects": {k: v[0] / v[1] for k, v in sorted(by_n.items())},
-        "teacher_forced_word_acc": {k: v[0] / max(v[1], 1) for k, v in tf_ok.items()},
-        "point_acc": {k: v / max(n_obj, 1) for k, v in hits.items()},
-        "random_point_acc": hits_rand / max(n_obj, 1),
-    }
 
 
 def make_accelerator():
@@ -348,17 +333,39 @@ def word_accuracy(logits, labels, word_kind) -> torch.Tensor:
 
 
 class CaptionWords(torch.nn.Module):
-    """Stage-1 model: the vision tower, mean-pooled over patch tokens, then a linear layer giving
-    one logit per vocabulary word (does the caption contain it?)."""
+    """Stage-1 model: the vision tower, mean-pooled over an image's tokens, then a linear layer
+    giving one logit per vocabulary word (does the caption contain it?). LLaVA: CLIP's patch
+    tokens (``pixel_values [B, 3, S, S]``); Qwen2-VL: the merger's output tokens, what the
+    language model reads (``pixel_values [sum patches, C·T·p·p]`` and ``image_grid_thw [B, 3]``)."""
 
     def __init__(self, vision_tower, vocab_size: int):
         super().__init__()
         self.vision_tower = vision_tower
-        self.head = torch.nn.Linear(vision_tower.config.hidden_size, vocab_size)
+        width = getattr(vision_tower.config, "hidden_size")  # Qwen2-VL: the merger's output width
+        self.head = torch.nn.Linear(width, vocab_size)
 
-    def forward(self, pixel_values):  # [B, 3, S, S] -> [B, vocab]
-        hidden = self.vision_tower(pixel_values=pixel_values).last_hidden_state
-        return self.head(hidden[:, 1:].mean(1))
+    def forward(self, pixel_values, image_grid_thw=None):  # -> [B, vocab]
+        if image_grid_thw is None:
+            hidden = self.vision_tower(pixel_values=pixel_values).last_hidden_state
+            return self.head(hidden[:, 1:].mean(1))
+        merged = self.vision_tower(pixel_values, grid_thw=image_grid_thw).pooler_output
+        merge = self.vision_tower.spatial_merge_size
+        sizes = (image_grid_thw.prod(-1) // merge**2).tolist()
+        return self.head(torch.stack([m.mean(0) for m in merged.split(sizes)]))
+
+
+def vision_tower(model):
+    """The model's vision tower (LLaVA's CLIP, Qwen2-VL's ``visual``)."""
+    inner = model.model
+    return inner.visual if hasattr(inner, "visual") else inner.vision_tower
+
+
+def vision_inputs(batcher, scenes) -> dict:
+    """What :class:`CaptionWords` reads for ``scenes``: the processor's image inputs."""
+    if isinstance(batcher, QwenBatcher):
+        out = batcher.processor.image_processor(images=[sc.image for sc in scenes], return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+    return {"pixel_values": pixel_values([sc.image for sc in scenes])}
 
 
 def pretrain_vision(args, model, batcher, acc, log):
@@ -373,7 +380,7 @@ def pretrain_vision(args, model, batcher, acc, log):
     tok = batcher.tok
     vocab = len(tok)
     torch.manual_seed(args.seed)  # the same head on every process
-    net = CaptionWords(model.model.vision_tower, vocab).to(acc.device)
+    net = CaptionWords(vision_tower(model), vocab).to(acc.device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.vision_pretrain_lr, weight_decay=0.05)
     net.train()
     budget = args.vision_pretrain_minutes * 60
@@ -385,12 +392,11 @@ def pretrain_vision(args, model, batcher, acc, log):
         first_half = time.time() - t0 < budget / 2  # may switch a step apart per process
         seeds = [600_000_000 + scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
                  for i in range(args.batch)]
-        scenes = [shapes.make_scene(s, size=args.image_size, n_objects=1 if first_half else None)
-                  for s in seeds]
+        scenes = training_scenes(args, seeds, n_objects=1 if first_half else None)
         target = torch.zeros(len(scenes), vocab)
         for row, sc in enumerate(scenes):
             target[row, tok(sc.caption, add_special_tokens=False)["input_ids"]] = 1.0
-        logits = net(pixel_values([sc.image for sc in scenes]).to(acc.device))
+        logits = net(**{k: v.to(acc.device) for k, v in vision_inputs(batcher, scenes).items()})
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.to(acc.device))
         loss.backward()
         if acc.num_processes > 1:  # average gradients by hand: the tower gets DDP-wrapped later
@@ -477,7 +483,7 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
         n_weights = np.array([float(w) for w in args.n_weights.split(",")])
         n_weights = n_weights / n_weights.sum()
     record = jsonl_log(out / "log.jsonl", is_main)
-    record({"start": step, "args": vars(args)})
+    record({"start": step, "args": vars(args), "argv": sys.argv, "world_size": acc.num_processes})
     word_kind = word_kinds(batcher.tok, acc.device)
     run_loss, run_n, t_log = 0.0, 0, time.time()
     run_ok = torch.zeros(2, 2)  # [shape, colour] x [right, total] on the training batches
@@ -486,11 +492,7 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
             group["lr"] = args.lr * lr_factor()
         seeds = [scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
                  for i in range(args.batch)]
-        if n_weights is not None and progress() < args.uniform_after:
-            scenes = [shapes.make_scene(s, size=args.image_size, n_objects=int(
-                np.random.default_rng([s, 1]).choice(4, p=n_weights)) + 1) for s in seeds]
-        else:
-            scenes = [shapes.make_scene(s, size=args.image_size) for s in seeds]
+        scenes = training_scenes(args, seeds, n_weights, progress())
         batch = {k: v.to(acc.device) for k, v in batcher(scenes).items()}
         output = model(**batch)
         loss = output.loss
@@ -524,8 +526,6 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
     out = Path(args.out)
     model_dir = out / "model"
     state_path = out / "state.pt"
@@ -538,6 +538,15 @@ def main(argv=None):
 
     if args.export:
         export(model_dir, Path(args.export), half=args.half)
+        write_training_log(out, Path(args.export))
+        return
+    if args.choose_settings:
+        from attendseg.shapes_eval import choose_settings
+
+        print(json.dumps(choose_settings(args.choose_settings, n=args.n, world=args.world), indent=1))
+        return
+    if args.eval_only:
+        evaluate_run(args, model_dir, out)
         return
 
     if not (model_dir / "config.json").exists():
@@ -545,50 +554,76 @@ def main(argv=None):
             build(args, model_dir)
         acc.wait_for_everyone()
     torch.manual_seed(args.seed)
-    if args.untrained:
-        tmp = out / "untrained"
-        if is_main and not (tmp / "config.json").exists():
-            build(args, tmp)
-        acc.wait_for_everyone()
-        model_dir = tmp
-    model = LlavaForConditionalGeneration.from_pretrained(
-        model_dir, attn_implementation="eager" if args.eval_only else "sdpa", dtype=torch.float32)
+    model, processor = load_model(args, model_dir)
     if args.vision_positions == "sincos":  # a fixed table, as in MAE
         model.model.vision_tower.embeddings.position_embedding.weight.requires_grad_(False)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    batcher = Batcher(processor, args.image_size)
-
-    if args.eval_only:
-        if args.eval_seeds == "tune":
-            seeds = list(shapes.TUNE_SEEDS[: args.n])
-        else:
-            seeds = shapes.heldout_seeds(args.n, int(args.eval_seeds.split(":")[1]) if ":" in args.eval_seeds else 0)
-        t0 = time.time()
-        res = evaluate(model, processor, batcher, seeds, args.image_size, log=log)
-        res["seeds"] = args.eval_seeds
-        res["model"] = str(model_dir)
-        res["seconds"] = round(time.time() - t0, 1)
-        print(json.dumps(res, indent=1))
-        if args.eval_json:
-            Path(args.eval_json).write_text(json.dumps(res, indent=1))
-        return
+    batcher = make_batcher(args, processor)
 
     if args.vision_pretrain_minutes and not (args.resume and state_path.exists()):
         pretrain_vision(args, model, batcher, acc, log)
     train(args, model, batcher, model_dir, state_path, acc, log)
 
 
+def evaluate_run(args, model_dir: Path, out: Path) -> dict:
+    """``--eval-only``: the one shapes evaluation (:func:`attendseg.shapes_eval.evaluate_shapes`,
+    per-layer figures, both refiners) of the run's model on ``--n`` scenes of ``--eval-seeds`` in
+    ``--world``, printed and written to ``--eval-json``."""
+    from attendseg.shapes_eval import evaluate_shapes
+
+    kind, _, set_id = args.eval_seeds.partition(":")
+    t0 = time.time()
+    res = evaluate_shapes(str(model_dir), n=args.n, seeds=kind, seed=int(set_id or 0), world=args.world,
+                          per_layer=True, baselines=args.untrained)
+    res["seconds"] = round(time.time() - t0, 1)
+    res["model_folder"] = str(model_dir)
+    print(json.dumps(res, indent=1))
+    path = Path(args.eval_json or out / f"eval_{kind}{set_id}_{args.world}.json")
+    atomic_write_text(path, json.dumps(res, indent=1) + "\n")
+    return res
+
+
+def write_training_log(out: Path, dest: Path) -> dict:
+    """``dest/training_log.json`` from the run's ``log.jsonl`` and evaluations: the command of
+    each (resumed) start, the stage-1 and stage-2 curves, and every ``OUT/eval_*.json``."""
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    starts = [r for r in records if "start" in r]
+    log = {
+        "commands": [f"ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node {r.get('world_size', 1)} "
+                     + " ".join(r.get("argv", [])) for r in starts],
+        "args": starts[-1]["args"] if starts else {},
+        "vision_pretrain_curve": [r for r in records if r.get("stage") == "vision"],
+        "loss_curve": [r for r in records if "loss" in r and "stage" not in r],
+        "evaluations": {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("eval_*.json"))},
+    }
+    atomic_write_text(dest / "training_log.json", json.dumps(log, indent=1) + "\n")
+    return log
+
+
+#: The processor's files in a model folder (copied as they are by :func:`export`).
+PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "processor_config.json", "preprocessor_config.json")
+
+
 def export(model_dir: Path, dest: Path, half: bool = False, model_class=None):
     """Write the trained model + processor as a package folder (fp32; fp16 with ``half``).
-    ``model_class``: the model's class (default ``LlavaForConditionalGeneration``)."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    ``model_class``: the model's class (default: the class ``config.json`` names). The
+    processor's files are copied unchanged (a processor without its video part, as built here
+    where torchvision is missing, could not be saved back with its video settings)."""
+    import shutil
 
-    model = (model_class or LlavaForConditionalGeneration).from_pretrained(model_dir, dtype=torch.float32)
+    import transformers
+
+    if model_class is None:
+        config = json.loads((model_dir / "config.json").read_text())
+        model_class = getattr(transformers, config["architectures"][0])
+    model = model_class.from_pretrained(model_dir, dtype=torch.float32)
     if half:
         model = model.half()
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
-    AutoProcessor.from_pretrained(model_dir).save_pretrained(dest)
+    for name in PROCESSOR_FILES:
+        if (model_dir / name).exists():
+            shutil.copy2(model_dir / name, dest / name)
     print(f"exported to {dest}: {(dest / 'model.safetensors').stat().st_size / 1e6:.2f} MB")
 
 

@@ -39,13 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attendseg import shapes  # noqa: E402
-from attendseg.files import atomic_write_text  # noqa: E402
 from train_shapes import Batcher, export, make_accelerator, parse_args as base_parse_args, train  # noqa: E402
 
 
 def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    unet_dir, up_block, timestep, choose, probe_model = "runs/shapes_unet", 1, 100, "", ""
+    unet_dir, up_block, timestep, probe_model = "runs/shapes_unet", 1, 100, ""
     rest = []
     it = iter(argv)
     for a in it:  # our own options, the rest goes to train_shapes' parser
@@ -55,15 +54,13 @@ def parse_args(argv=None):
             up_block = int(next(it))
         elif a == "--timestep":
             timestep = int(next(it))
-        elif a == "--choose-settings":
-            choose = next(it)
         elif a == "--probe-model":
             probe_model = next(it)
         else:
             rest.append(a)
     args = base_parse_args(rest)
     args.unet_dir, args.up_block, args.timestep = unet_dir, up_block, timestep
-    args.choose_settings, args.probe_model = choose, probe_model
+    args.probe_model = probe_model
     return args
 
 
@@ -157,8 +154,10 @@ def main(argv=None):
     if args.export:
         export(model_dir, Path(args.export), half=True, model_class=DiffLMMForConditionalGeneration)
         return
-    if args.choose_settings:
-        choose_settings(Path(args.choose_settings), args.n)
+    if args.choose_settings:  # the shapes evaluation's own choice (attendseg.shapes_eval.choose_settings)
+        from attendseg.shapes_eval import choose_settings
+
+        print(json.dumps(choose_settings(args.choose_settings, n=args.n, world=args.world), indent=1))
         return
     if args.eval_only:  # the branch probe (see probe()), of --probe-model or this run's model
         res = probe(Path(args.probe_model) if args.probe_model else model_dir, args.n)
@@ -239,47 +238,6 @@ def probe(model_dir: Path, n: int = 200, batch: int = 25) -> dict:
     if not is_llava:
         tower.diffusion_features, tower.clip_features = orig_diff, orig_clip
     return res
-
-
-def choose_settings(folder: Path, n: int = 200, batch: int = 25) -> dict:
-    """Pick the map settings of a model folder on training-range tune scenes and write its
-    ``attendseg.json``, as the bundled CLIP model's were picked: the candidate (one layer or the
-    mean of all, raw or mean-normalised) with the best teacher-forced point accuracy on
-    ``shapes.TUNE_SEEDS[:n]`` (never the held-out seeds ``attendseg eval shapes`` uses)."""
-    from attendseg.attender import load
-    from attendseg.grounder import Settings
-    from attendseg.shapes_eval import ShapesEvaluation
-
-    attender = load(str(folder))
-    ev = ShapesEvaluation(attender, Settings(), {}, per_layer=True)
-    n_layers = None
-    hits: dict[str, int] = {}
-    n_obj = 0
-    seeds = list(shapes.TUNE_SEEDS[:n])
-    for b0 in range(0, n, batch):
-        scenes = [shapes.make_scene(s) for s in seeds[b0 : b0 + batch]]
-        forced = attender.attend_text([s.image for s in scenes], [s.prompt for s in scenes],
-                                      [s.caption for s in scenes], layers="all", per_layer=True, heads="all")
-        for scene, tf in zip(scenes, forced):
-            n_layers = list(tf.layers)
-            n_obj += len(scene.objects)
-            for norm, tag in (("none", "raw"), ("mean", "norm")):
-                for layer in [*n_layers, "all"]:
-                    layers = n_layers if layer == "all" else [layer]
-                    key = f"{tag}/{layer}"
-                    hits[key] = hits.get(key, 0) + ev._hits(tf, scene, layers=layers, normalisation=norm)
-    cand = {k: round(v / max(n_obj, 1), 4) for k, v in hits.items()}
-    best = max(cand, key=cand.get)
-    tag, layer = best.split("/")
-    settings = {"layers": "all" if layer == "all" else [int(layer)], "normalisation": "none" if tag == "raw" else "mean"}
-    old = json.loads((folder / "attendseg.json").read_text()) if (folder / "attendseg.json").exists() else {}
-    data = {**old, "settings": settings,
-            "chosen_on": f"shapes.TUNE_SEEDS[:{n}] (training range), teacher-forced point accuracy "
-                         "(attendseg's phrase maps, scripts/train_shapes_difflmm.py --choose-settings)",
-            "candidates": cand}
-    atomic_write_text(folder / "attendseg.json", json.dumps(data, indent=1) + "\n")
-    print(json.dumps(data, indent=1))
-    return data
 
 
 if __name__ == "__main__":

@@ -112,3 +112,61 @@ def test_seed_ranges_are_disjoint():
     assert not set(test0) & set(shapes.DEMO_SEEDS) and all(s in held for s in shapes.DEMO_SEEDS)
     with pytest.raises(ValueError):
         shapes.heldout_seeds(10, set_id=1000)
+
+
+# ----------------------------------------------------------------------------- aspect ratios
+MIXED = [shapes.world_scene(s, "mixed") for s in range(60)]
+
+
+def test_square_world_is_unchanged_by_aspect_ratios():
+    """The scenes of the square world are those drawn before aspect ratios existed (the hash
+    of six scenes from commit 83c5dcc's generator), and a mixed-world seed at 1:1 draws them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for seed in (0, 1, 7, 123, 1_000_000_000, 1_999_999_000):
+        sc = shapes.make_scene(seed)
+        digest.update(sc.image.tobytes())
+        digest.update(sc.masks.tobytes())
+        digest.update(sc.caption.encode())
+    assert digest.hexdigest() == "b0d631eb8682a65ebc3d50f70ca2773ad8586dcff459db424bd686aa96521286"
+    square = [sc for sc in MIXED if sc.aspect == "1:1"]
+    assert square
+    for sc in square:
+        assert np.array_equal(sc.image, shapes.make_scene(sc.seed).image) and sc.caption == shapes.make_scene(sc.seed).caption
+    assert all(shapes.world_scene(s, "square").aspect == "1:1" for s in range(5))
+
+
+def test_mixed_world_draws_every_aspect_with_the_short_side_kept():
+    assert {sc.aspect for sc in MIXED} == set(shapes.ASPECTS)
+    for sc in MIXED:
+        h, w = sc.image.shape[:2]
+        assert min(h, w) == shapes.DEFAULT_SIZE and sc.size == shapes.DEFAULT_SIZE
+        assert w / h == pytest.approx(shapes.ASPECTS[sc.aspect])
+        assert sc.masks.shape == (len(sc.objects), h, w) and sc.background.shape == (h, w, 3)
+    assert shapes.image_shape(64, 2.0) == (64, 128) and shapes.image_shape(64, 0.5) == (128, 64)
+    with pytest.raises(ValueError):
+        shapes.world_scene(1, "wide")
+    with pytest.raises(ValueError):
+        shapes.image_shape(64, 0.0)
+
+
+def test_mixed_scenes_keep_masks_captions_and_orders_exact():
+    for sc in MIXED:
+        h, w = sc.image.shape[:2]
+        union = sc.masks.any(0)
+        assert np.array_equal(sc.image[~union], sc.background[~union]) and (sc.masks.sum(0) <= 1).all()
+        key = {"left": lambda o: o.centre[0], "right": lambda o: -o.centre[0], "top": lambda o: o.centre[1],
+               "bottom": lambda o: -o.centre[1], "size": lambda o: -o.area}[sc.order]
+        assert [key(o) for o in sc.objects] == sorted(key(o) for o in sc.objects)  # caption order is the order
+        axis_len = {"left": w, "right": w, "top": h, "bottom": h}.get(sc.order)
+        for a, b in zip(sc.objects, sc.objects[1:]):
+            if axis_len:  # unambiguous: centres far enough apart along the order's axis
+                assert abs(key(b) - key(a)) >= shapes.ORDER_MARGIN * axis_len
+        for obj, m in zip(sc.objects, sc.masks):
+            x0, y0, x1, y1 = obj.box
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and m.sum() == obj.area
+            assert sc.caption[slice(*obj.phrase_span)] == f"a {obj.colour} {obj.shape}"
+    wide = [sc for sc in MIXED if sc.aspect == "2:1"]
+    xs = [o.centre[0] for sc in wide for o in sc.objects]
+    assert max(xs) > 1.5 * shapes.DEFAULT_SIZE  # objects use the whole width, not a square part

@@ -55,7 +55,7 @@ def test_demo_command_writes_overlays_sheet_and_metrics(tmp_path):
     metrics = run_demo(tmp_path, progress=False)
     assert metrics["scenes"] == len(shapes.DEMO_SEEDS)
     assert (tmp_path / "contact_sheet.png").exists() and (tmp_path / "metrics.json").exists()
-    assert metrics["point_accuracy_true_caption"] >= 0.7
+    assert metrics["point_acc_tf"] >= 0.7 and metrics["world"] == "square"  # the world it was trained in
     assert len(list(tmp_path.glob("scene_*.png"))) == len(shapes.DEMO_SEEDS)
 
 
@@ -93,13 +93,16 @@ def test_eval_shapes_command_agrees_with_transformers_generate():
         answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         exact.append(answer.strip() == scene.caption)
     assert ours["scenes"] == n and ours["caption_exact"] == pytest.approx(np.mean(exact))
-    for kind, key in (("order", lambda s: s.order), ("objects", lambda s: str(len(s.objects)))):
-        split = ours[f"caption_exact_by_{kind}"]
+    for kind, key in (("order", lambda s: s.order), ("objects", lambda s: str(len(s.objects))),
+                      ("aspect", lambda s: s.aspect)):
+        split = ours[f"by_{kind}"]
         assert set(split) == {key(s) for s in scenes}
-        for value, rate in split.items():
-            assert rate == pytest.approx(np.mean([e for e, s in zip(exact, scenes) if key(s) == value]))
+        for value, figures_of in split.items():
+            assert figures_of["caption_exact"] == pytest.approx(
+                np.mean([e for e, s in zip(exact, scenes) if key(s) == value]))
+        assert sum(f["objects"] for f in split.values()) == ours["objects"]
     n_layers = model.config.text_config.num_hidden_layers
-    assert len(ours["per_layer_point_acc_tf"]) == 2 * n_layers
+    assert len(ours["per_layer_point_acc_tf"]) == 2 * (n_layers + 1)  # each layer and their mean, raw and normalised
     assert 0 <= figures["random_point"] <= 1 and figures["untrained"]["caption_exact"] == 0
 
 
