@@ -53,6 +53,8 @@ GROUPS = {
     "objects": lambda scene: str(len(scene.objects)),
     "aspect": lambda scene: scene.aspect,
 }
+#: How each grouping's keys are listed: orders as ``shapes.ORDERS``, aspects tall to wide.
+GROUP_ORDER = {"order": list(shapes.ORDERS), "objects": ["1", "2", "3", "4"], "aspect": list(shapes.ASPECTS)}
 SEED_KINDS = ("heldout", "tune")
 
 
@@ -194,7 +196,9 @@ class ShapesEvaluation:
 
         out = summary(self.tallies["all"].get("all", [0] * 5))
         for group in GROUPS:
-            out[f"by_{group}"] = {key: summary(t) for key, t in sorted(self.tallies[group].items())}
+            known = GROUP_ORDER[group]
+            keys = sorted(self.tallies[group], key=lambda k: (known.index(k) if k in known else len(known), k))
+            out[f"by_{group}"] = {key: summary(self.tallies[group][key]) for key in keys}
         for name, evaluator in self.gcg.items():
             result = evaluator.summary()
             out[name] = {"miou": result.miou, "recall": result.recall}

@@ -333,25 +333,27 @@ def word_accuracy(logits, labels, word_kind) -> torch.Tensor:
 
 
 class CaptionWords(torch.nn.Module):
-    """Stage-1 model: the vision tower, mean-pooled over an image's tokens, then a linear layer
-    giving one logit per vocabulary word (does the caption contain it?). LLaVA: CLIP's patch
-    tokens (``pixel_values [B, 3, S, S]``); Qwen2-VL: the merger's output tokens, what the
-    language model reads (``pixel_values [sum patches, C·T·p·p]`` and ``image_grid_thw [B, 3]``)."""
+    """Stage-1 model: the vision tower, mean-pooled over an image's patch tokens before the
+    projector, then a linear layer giving one logit per vocabulary word (does the caption
+    contain it?). LLaVA: CLIP's patch tokens (``pixel_values [B, 3, S, S]``); Qwen2-VL: the
+    blocks' output before the patch merger (``pixel_values [sum patches, C·T·p·p]``,
+    ``image_grid_thw [B, 3]``). Pooling the Qwen2-VL merger's output instead does not learn: at
+    its initialisation (two small linear layers) the loss stays at the word-frequency baseline
+    (0.175 after 350 steps, where the pre-merger tokens reach 0.135)."""
 
     def __init__(self, vision_tower, vocab_size: int):
         super().__init__()
         self.vision_tower = vision_tower
-        width = getattr(vision_tower.config, "hidden_size")  # Qwen2-VL: the merger's output width
-        self.head = torch.nn.Linear(width, vocab_size)
+        config = vision_tower.config
+        self.head = torch.nn.Linear(getattr(config, "embed_dim", None) or config.hidden_size, vocab_size)
 
     def forward(self, pixel_values, image_grid_thw=None):  # -> [B, vocab]
         if image_grid_thw is None:
             hidden = self.vision_tower(pixel_values=pixel_values).last_hidden_state
             return self.head(hidden[:, 1:].mean(1))
-        merged = self.vision_tower(pixel_values, grid_thw=image_grid_thw).pooler_output
-        merge = self.vision_tower.spatial_merge_size
-        sizes = (image_grid_thw.prod(-1) // merge**2).tolist()
-        return self.head(torch.stack([m.mean(0) for m in merged.split(sizes)]))
+        hidden = self.vision_tower(pixel_values, grid_thw=image_grid_thw).last_hidden_state
+        sizes = image_grid_thw.prod(-1).tolist()
+        return self.head(torch.stack([h.mean(0) for h in hidden.split(sizes)]))
 
 
 def vision_tower(model):
