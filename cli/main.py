@@ -16,6 +16,8 @@ from typing import List, Optional
 
 import typer
 
+from attendseg.bundled import BUNDLED_MODELS, DEFAULT_MODEL  # names only: nothing heavy is imported
+
 app = typer.Typer(
     name="attendseg",
     help="Training-free pixel grounding: one mask per noun phrase of a multimodal model's "
@@ -34,7 +36,7 @@ export_app = typer.Typer(help="Write held-out shapes-world scenes in a benchmark
 shapes_app.add_typer(export_app, name="export")
 
 MODEL_HELP = ("Hub id or folder of a supported model, or a bundled model's short name "
-              "(default: shapes-llava, the bundled shapes-world demo model).")
+              f"({', '.join(BUNDLED_MODELS)}; default: {DEFAULT_MODEL}, the bundled shapes-world demo model).")
 BASE_HELP = ("DiffLMM only: the base LLM under the released LoRA adapter, e.g. lmsys/vicuna-7b-v1.5 or a "
              "local copy under any name (its config must match the release's).")
 SD_HELP = "DiffLMM only: hub id or folder of Stable Diffusion (unet/, vae/, scheduler/; default: the release's)."
@@ -74,7 +76,6 @@ def _model(model: Optional[str]) -> str:
 
 def _model_record(model: Optional[str]) -> str:
     """How a result names its model: a bundled short name, an absolute folder, or a hub id."""
-    from attendseg.bundled import DEFAULT_MODEL, BUNDLED_MODELS
 
     if model is None or (model in BUNDLED_MODELS and not Path(model).exists()):
         return model or DEFAULT_MODEL
@@ -534,7 +535,6 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print the famili
         typer.echo(f"  views: {row['layout']}")
         for hub_id in row["hub_ids"]:
             typer.echo(f"  --model {hub_id}")
-    from attendseg.bundled import BUNDLED_MODELS, DEFAULT_MODEL
 
     typer.echo("Any local folder of these architectures works too (--model ./folder).")
     typer.echo("Bundled (no download): " + ", ".join(

@@ -584,14 +584,20 @@ def evaluate_run(args, model_dir: Path, out: Path) -> dict:
     return res
 
 
+def command_line(argv: list[str], world_size: int) -> str:
+    """The shell command that started a run (``sys.argv`` and the number of processes)."""
+    launcher = (f"ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node {world_size}"
+                if world_size > 1 else "python")
+    return f"{launcher} {' '.join(argv)}"
+
+
 def write_training_log(out: Path, dest: Path) -> dict:
     """``dest/training_log.json`` from the run's ``log.jsonl`` and evaluations: the command of
     each (resumed) start, the stage-1 and stage-2 curves, and every ``OUT/eval_*.json``."""
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     starts = [r for r in records if "start" in r]
     log = {
-        "commands": [f"ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node {r.get('world_size', 1)} "
-                     + " ".join(r.get("argv", [])) for r in starts],
+        "commands": [command_line(r.get("argv", []), r.get("world_size", 1)) for r in starts],
         "args": starts[-1]["args"] if starts else {},
         "vision_pretrain_curve": [r for r in records if r.get("stage") == "vision"],
         "loss_curve": [r for r in records if "loss" in r and "stage" not in r],
