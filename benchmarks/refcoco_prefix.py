@@ -49,7 +49,7 @@ def main(argv=None) -> None:
 
     import attendseg
     from attendseg import shapes
-    from attendseg.demo import bundled_model
+    from attendseg.bundled import bundled_model
 
     model = args.model or str(bundled_model())
     if args.random_llava:

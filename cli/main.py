@@ -383,7 +383,7 @@ def demo(
 ):
     """Ground the fixed demo scenes with the bundled model: overlays, a contact sheet, metrics."""
     from attendseg import AttendsegError
-    from attendseg.demo import run_demo
+    from attendseg.shapes.demo import run_demo
 
     _quiet_transformers()
     try:
@@ -419,7 +419,7 @@ def eval_shapes(
     import json
 
     from attendseg import AttendsegError
-    from attendseg.shapes_eval import evaluate_shapes, format_table
+    from attendseg.shapes.evaluation import evaluate_shapes, format_table
 
     _quiet_transformers()
     settings = {"normalisation": normalisation} if normalisation else {}
@@ -507,7 +507,7 @@ def export_refcoco(
 ):
     """Held-out shapes scenes in the refer layout (refs(unc).p, instances.json, train2014 images)."""
     from attendseg import AttendsegError
-    from attendseg.shapes_export import export
+    from attendseg.shapes.export import export
 
     try:
         counts = export("refcoco", folder, n)
@@ -705,7 +705,7 @@ def export_png(
 
 def _export(kind: str, folder: Path, n: int):
     from attendseg import AttendsegError
-    from attendseg.shapes_export import export
+    from attendseg.shapes.export import export
 
     try:
         counts = export(kind, folder, n)

@@ -42,7 +42,7 @@ Usage (the bundled models' runs on 2 cores: shapes-llava 12 + 45 minutes, shapes
 step — the resume point), ``log.jsonl`` (loss per logging interval, the command of every start)
 and ``eval_*.json``; ``--export`` writes the package folder with ``training_log.json`` built
 from them. Evaluation and the choice of map settings are the one shapes evaluation,
-:mod:`attendseg.shapes_eval` (attendseg's own capture, as ``attendseg eval shapes`` runs it).
+:mod:`attendseg.shapes.evaluation` (attendseg's own capture, as ``attendseg eval shapes`` runs it).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def parse_args(argv=None):
     p.add_argument("--uniform-after", type=float, default=0.8,
                    help="schedule progress after which training scenes are uniform again")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate the run's model (attendseg.shapes_eval, in --world) and exit")
+                   help="evaluate the run's model (attendseg.shapes.evaluation, in --world) and exit")
     p.add_argument("--untrained", action="store_true", help="with --eval-only: also the untrained and "
                                                                 "random-point baselines")
     p.add_argument("--eval-seeds", default="tune", help="'tune' (training range), 'heldout' or 'heldout:SET'")
@@ -543,7 +543,7 @@ def main(argv=None):
         write_training_log(out, Path(args.export))
         return
     if args.choose_settings:
-        from attendseg.shapes_eval import choose_settings
+        from attendseg.shapes.evaluation import choose_settings
 
         print(json.dumps(choose_settings(args.choose_settings, n=args.n, world=args.world), indent=1))
         return
@@ -567,10 +567,10 @@ def main(argv=None):
 
 
 def evaluate_run(args, model_dir: Path, out: Path) -> dict:
-    """``--eval-only``: the one shapes evaluation (:func:`attendseg.shapes_eval.evaluate_shapes`,
+    """``--eval-only``: the one shapes evaluation (:func:`attendseg.shapes.evaluation.evaluate_shapes`,
     per-layer figures, both refiners) of the run's model on ``--n`` scenes of ``--eval-seeds`` in
     ``--world``, printed and written to ``--eval-json``."""
-    from attendseg.shapes_eval import evaluate_shapes
+    from attendseg.shapes.evaluation import evaluate_shapes
 
     kind, _, set_id = args.eval_seeds.partition(":")
     t0 = time.time()

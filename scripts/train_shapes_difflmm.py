@@ -154,8 +154,8 @@ def main(argv=None):
     if args.export:
         export(model_dir, Path(args.export), half=True, model_class=DiffLMMForConditionalGeneration)
         return
-    if args.choose_settings:  # the shapes evaluation's own choice (attendseg.shapes_eval.choose_settings)
-        from attendseg.shapes_eval import choose_settings
+    if args.choose_settings:  # the shapes evaluation's own choice (attendseg.shapes.evaluation.choose_settings)
+        from attendseg.shapes.evaluation import choose_settings
 
         print(json.dumps(choose_settings(args.choose_settings, n=args.n, world=args.world), indent=1))
         return

@@ -148,7 +148,7 @@ def test_manifest(tmp_path, photos):
 
 @pytest.fixture(scope="module")
 def shapes_export(tmp_path_factory):
-    from attendseg.shapes_export import export
+    from attendseg.shapes.export import export
 
     folder = tmp_path_factory.mktemp("shapes-refcoco")
     counts = export("refcoco", folder, n=4)
@@ -181,7 +181,7 @@ def test_shapes_export_is_the_real_layout(shapes_export):
 
 def test_expression_tokens_root_and_all():
     import attendseg
-    from attendseg.demo import bundled_model
+    from attendseg.bundled import bundled_model
     from attendseg.evaluation.refcoco import expression_span, expression_tokens
     from attendseg.phrases import VocabularyPhrases
 
@@ -203,7 +203,7 @@ def test_expression_tokens_root_and_all():
 
 
 def test_evaluate_skips_a_missing_image_and_resumes(shapes_export, tmp_path):
-    from attendseg.demo import bundled_model
+    from attendseg.bundled import bundled_model
     from attendseg.evaluation import refcoco
 
     folder, _ = shapes_export

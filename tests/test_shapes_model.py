@@ -16,7 +16,7 @@ import attendseg
 from attendseg import shapes
 from attendseg.bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model
 from attendseg.grounder import Settings, checkpoint_settings
-from attendseg.shapes_eval import point_hits, trained_world
+from attendseg.shapes.evaluation import point_hits, trained_world
 
 MODEL_TYPES = {"shapes-llava": "llava", "shapes-qwen2vl": "qwen2_vl"}
 #: 24 fixed non-square held-out scenes (set 5, disjoint from the standard test set 0).
@@ -85,7 +85,7 @@ def test_qwen2vl_grounds_non_square_scenes_and_a_transposed_grid_collapses():
 
 
 def test_demo_command_writes_overlays_sheet_and_metrics(tmp_path):
-    from attendseg.demo import run_demo
+    from attendseg.shapes.demo import run_demo
 
     metrics = run_demo(tmp_path, progress=False)
     assert metrics["model"] == str(bundled_model(DEFAULT_MODEL))

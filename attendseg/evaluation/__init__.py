@@ -16,7 +16,7 @@ What every benchmark reuses (import from here):
 * Grounding given texts: :meth:`attendseg.attender.Attender.attend_texts` teacher-forces many
   texts on one image from one encoding of image + prompt (equal to ``attend_text`` per text);
   :func:`.refcoco.expression_tokens` picks the tokens of a character span (its head noun, or all).
-* Test data: :mod:`attendseg.shapes_export` writes shapes-world scenes in a benchmark's layout
+* Test data: :mod:`attendseg.shapes.export` writes shapes-world scenes in a benchmark's layout
   (one exporter per format in ``EXPORTERS``; ``attendseg shapes export FORMAT DIR``).
 
 Benchmarks: :mod:`.refcoco` (RefCOCO / RefCOCO+ / RefCOCOg and JSONL manifests;

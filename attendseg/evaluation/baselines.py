@@ -60,7 +60,7 @@ def method_grounders(model, *, untrained: bool = False, random_point: bool = Fal
     from pathlib import Path
 
     from ..attender import load
-    from ..shapes_eval import untrained_copy
+    from ..shapes.evaluation import untrained_copy
 
     grounder = Grounder.from_pretrained(model, device=device, dtype=dtype, model_options=model_options,
                                         **grounder_options)

@@ -267,7 +267,7 @@ def evaluate(expressions: list[Expression], model, records: str | Path, *, sourc
 
 def _load_untrained(model, tmp: Path, device, dtype):
     from ..attender import load
-    from ..shapes_eval import untrained_copy
+    from ..shapes.evaluation import untrained_copy
 
     return load(untrained_copy(model, tmp), device=device, dtype=dtype)
 

@@ -49,9 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rle, shapes
-from .errors import AttendsegError
-from .files import atomic_save_image, atomic_write_bytes, atomic_write_text
+from .. import rle, shapes
+from ..errors import AttendsegError
+from ..files import atomic_save_image, atomic_write_bytes, atomic_write_text
 
 #: Held-out seed set per split (:func:`attendseg.shapes.heldout_seeds`); set 0 is ``eval shapes``'.
 SEED_SETS = {"val": 10, "testA": 11, "testB": 12, "gcg/val": 20, "gcg/test": 21, "png/val2017": 30}
@@ -137,7 +137,7 @@ def export_gcg(folder, n: int = 20, size: int = shapes.DEFAULT_SIZE) -> dict:
     """
     from PIL import Image
 
-    from .evaluation.gcg import SPLITS
+    from ..evaluation.gcg import SPLITS
 
     out = Path(folder).expanduser()
     ann_dir = out / "GranDf" / "annotations" / "val_test"

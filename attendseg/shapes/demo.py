@@ -2,7 +2,7 @@
 
 The demo grounds a fixed set of held-out scenes (:data:`attendseg.shapes.DEMO_SEEDS`, drawn in
 the square or the mixed-aspect world) with a bundled model through the one shapes evaluation
-(:mod:`attendseg.shapes_eval`), and writes per-scene overlays, a contact sheet and its figures.
+(:mod:`attendseg.shapes.evaluation`), and writes per-scene overlays, a contact sheet and its figures.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .bundled import BUNDLED_MODELS, DEFAULT_MODEL, bundled_model, resolve_model  # noqa: F401  (public here too)
-
-BUNDLED_MODEL = BUNDLED_MODELS[DEFAULT_MODEL]
+from ..bundled import resolve_model
 #: Overlays of the 64 px scenes are drawn at this magnification.
 ZOOM = 4
 
@@ -20,26 +18,26 @@ ZOOM = 4
 def run_demo(out: Path, model=None, refiner: str = "superpixel", world: str | None = None,
              progress: bool = True) -> dict:
     """Ground the demo scenes of ``world`` ("square" or "mixed"; default: the world the model
-    was trained in, :func:`attendseg.shapes_eval.trained_world`); write ``scene_*.png`` overlays,
+    was trained in, :func:`attendseg.shapes.evaluation.trained_world`); write ``scene_*.png`` overlays,
     ``contact_sheet.png`` and ``metrics.json`` (with each scene's JSON result) under ``out``.
 
     Returns:
-        :meth:`attendseg.shapes_eval.ShapesEvaluation.figures` (caption exact-match, point
+        :meth:`attendseg.shapes.evaluation.ShapesEvaluation.figures` (caption exact-match, point
         accuracy on the model's answers and with the true captions teacher-forced, the
         refiner's GCG mIoU and recall, splits by order, object count and aspect) plus ``model``,
         ``refiner`` and ``world``.
     """
-    from . import shapes, viz
-    from .attender import load
-    from .files import atomic_save_image, atomic_write_text
-    from .grounder import Settings, checkpoint_settings
-    from .refiners import make_refiner
-    from .shapes_eval import ShapesEvaluation, run_evaluation, trained_world
+    from .. import shapes, viz
+    from ..attender import load
+    from ..files import atomic_save_image, atomic_write_text
+    from ..grounder import Settings, checkpoint_settings
+    from ..refiners import make_refiner
+    from .evaluation import ShapesEvaluation, run_evaluation, trained_world
 
     model = resolve_model(model)
     world = world or trained_world(model)
     if world not in shapes.WORLDS:
-        from .errors import AttendsegError
+        from ..errors import AttendsegError
 
         raise AttendsegError(f"unknown world {world!r}; choose from {', '.join(shapes.WORLDS)}")
     evaluation = ShapesEvaluation(load(model), Settings(**checkpoint_settings(model)), {refiner: make_refiner(refiner)})

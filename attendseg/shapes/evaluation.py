@@ -35,14 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import shapes
-from .attender import Attender, load
-from .bundled import resolve_model
-from .grounder import Grounder, Settings, checkpoint_settings, settings_file
-from .maps import peaks, trace_image_map
-from .metrics import GCGEvaluator, point_in_mask
-from .phrases import VocabularyPhrases
-from .refiners import make_refiner
+from .. import shapes
+from ..attender import Attender, load
+from ..bundled import resolve_model
+from ..grounder import Grounder, Settings, checkpoint_settings, settings_file
+from ..maps import peaks, trace_image_map
+from ..metrics import GCGEvaluator, point_in_mask
+from ..phrases import VocabularyPhrases
+from ..refiners import make_refiner
 
 MAX_NEW_TOKENS = 48
 #: Shapes-world phrases: the shape names (the phrase roots); no spaCy involved.
@@ -97,7 +97,7 @@ def untrained_copy(model_dir: str | Path, folder: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from .adapters import load_processor
+    from ..adapters import load_processor
 
     config = AutoConfig.from_pretrained(model_dir)
     torch.manual_seed(seed)
@@ -313,7 +313,7 @@ def choose_settings(folder: str | Path, n: int = 300, world: str = "square", bat
     Returns:
         ``{"settings": {"layers", "normalisation"}, "chosen_on": str, "candidates": {name: acc}}``.
     """
-    from .files import atomic_write_text
+    from ..files import atomic_write_text
 
     folder = Path(folder)
     evaluation = ShapesEvaluation(load(str(folder)), Settings(layers="all"), {}, per_layer=True, generate=False)
@@ -330,7 +330,7 @@ def choose_settings(folder: str | Path, n: int = 300, world: str = "square", bat
                 "normalisation": "mean" if "mean-normalised" in best else "none"}
     data = {"settings": settings,
             "chosen_on": f"shapes.TUNE_SEEDS[:{n}] (training range, {world} world), teacher-forced point "
-                         "accuracy (attendseg.shapes_eval.choose_settings)",
+                         "accuracy (attendseg.shapes.evaluation.choose_settings)",
             "candidates": candidates}
     if write:
         path = folder / "attendseg.json"

@@ -1,7 +1,10 @@
 """Shapes world: procedurally drawn scenes with captions and ground-truth instance masks.
 
-One responsibility: the scene world (drawing, masks, captions, seed ranges). The model trained on
-it lives in ``attendseg/data/shapes-llava`` (trained by ``scripts/train_shapes.py``).
+This module is the scene world (drawing, masks, captions, seed ranges); the package around it
+holds what is built on the world, apart from the library's core: :mod:`attendseg.shapes.evaluation`
+(the one shapes evaluation), :mod:`attendseg.shapes.export` (scenes in benchmark layouts) and
+:mod:`attendseg.shapes.demo` (``attendseg demo``). The models trained on it are bundled in
+``attendseg/data/`` (:mod:`attendseg.bundled`; trained by ``scripts/train_shapes.py``).
 
 A scene is 1–4 non-overlapping objects (:data:`SHAPES` × :data:`COLOURS`, colours unique within a
 scene) of random size, position and rotation, shaded (a brightness gradient, pixel noise and a
