@@ -23,20 +23,20 @@ in the language model, the image at its own aspect ratio through the family's re
 one of ``shapes.ASPECTS``. Its batches go through the processor itself (:class:`QwenBatcher`).
 
 Usage (the bundled models' runs on 2 cores: shapes-llava 12 + 45 minutes, shapes-qwen2vl
-11 + 46 minutes)::
+14 + 43 minutes)::
 
     ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py \
         --out runs/shapes5 --steps 8000 --vision-pretrain-minutes 12 --max-minutes 45 \
         --batch 32 --lr 1e-3 --warmup 200 --vision-hidden 64 --vision-layers 6 --text-hidden 64 \
         --n-weights 2,1,1,1 --uniform-after 0.3 --vision-positions sincos
     ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py \
-        --family qwen2_vl --world mixed --out runs/qwen1 --steps 8000 --vision-pretrain-minutes 11 \
-        --max-minutes 46 --batch 32 --lr 1e-3 --warmup 200 --patch 8 --merge 1 --vision-hidden 64 \
-        --vision-layers 6 --text-hidden 64 --rope-theta 20 --n-weights 2,1,1,1 --uniform-after 0.3
+        --family qwen2_vl --world mixed --vision-pretrain-world square --out runs/qwen2 --steps 8000 \
+        --vision-pretrain-minutes 14 --max-minutes 43 --batch 32 --lr 1e-3 --warmup 200 --patch 8 --merge 1 \
+        --vision-hidden 64 --vision-layers 6 --text-hidden 64 --rope-theta 20 --n-weights 2,1,1,1 --uniform-after 0.3
     python scripts/train_shapes.py --out runs/shapes5 ... --resume        # continue stage 2
-    python scripts/train_shapes.py --out runs/qwen1 --world mixed --eval-only --eval-seeds tune --n 300
-    python scripts/train_shapes.py --world mixed --choose-settings runs/qwen1/model --n 300
-    python scripts/train_shapes.py --out runs/qwen1 --export attendseg/data/shapes-qwen2vl
+    python scripts/train_shapes.py --out runs/qwen2 --world mixed --eval-only --eval-seeds tune --n 300
+    python scripts/train_shapes.py --world mixed --choose-settings runs/qwen2/model --n 300
+    python scripts/train_shapes.py --out runs/qwen2 --export attendseg/data/shapes-qwen2vl
 
 ``--out`` holds ``model/`` (a ``save_pretrained`` folder), ``state.pt`` (optimizer, scheduler,
 step — the resume point), ``log.jsonl`` (loss per logging interval, the command of every start)
@@ -105,6 +105,9 @@ def parse_args(argv=None):
                         "alone for this long to predict which words its caption contains "
                         "(bag-of-words captioning); 0: skip")
     p.add_argument("--vision-pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--vision-pretrain-world", choices=shapes.WORLDS, default=None,
+                   help="stage 1's scenes (default: --world); square scenes are the cheapest, and a tower "
+                        "without absolute positions (Qwen2-VL's) reads any aspect ratio after them")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--n-weights", default="",
                    help="curriculum: relative weights of 1..4-object training scenes, e.g. "
@@ -266,13 +269,14 @@ def make_batcher(args, processor):
     return QwenBatcher(processor) if args.family == "qwen2_vl" else Batcher(processor, args.image_size)
 
 
-def training_scenes(args, seeds, n_weights=None, progress: float = 1.0, **options):
-    """The scenes of ``seeds`` in ``--world`` (object counts from ``n_weights`` while
-    ``progress < --uniform-after``)."""
+def training_scenes(args, seeds, n_weights=None, progress: float = 1.0, world: str | None = None, **options):
+    """The scenes of ``seeds`` in ``world`` (default ``--world``; object counts from
+    ``n_weights`` while ``progress < --uniform-after``)."""
+    world = world or args.world
     if n_weights is not None and progress < args.uniform_after:
-        return [shapes.world_scene(s, args.world, size=args.image_size, n_objects=int(
+        return [shapes.world_scene(s, world, size=args.image_size, n_objects=int(
             np.random.default_rng([s, 1]).choice(4, p=n_weights)) + 1, **options) for s in seeds]
-    return [shapes.world_scene(s, args.world, size=args.image_size, **options) for s in seeds]
+    return [shapes.world_scene(s, world, size=args.image_size, **options) for s in seeds]
 
 
 def scene_seed(step: int, proc: int, world: int, batch: int, i: int) -> int:
@@ -394,7 +398,7 @@ def pretrain_vision(args, model, batcher, acc, log):
         first_half = time.time() - t0 < budget / 2  # may switch a step apart per process
         seeds = [600_000_000 + scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
                  for i in range(args.batch)]
-        scenes = training_scenes(args, seeds, n_objects=1 if first_half else None)
+        scenes = training_scenes(args, seeds, world=args.vision_pretrain_world, n_objects=1 if first_half else None)
         target = torch.zeros(len(scenes), vocab)
         for row, sc in enumerate(scenes):
             target[row, tok(sc.caption, add_special_tokens=False)["input_ids"]] = 1.0
