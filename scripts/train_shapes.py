@@ -156,17 +156,15 @@ def build(args, folder: Path):
 def build_qwen(args, folder: Path):
     """A tiny Qwen2-VL: vision tower ``--vision-layers`` × ``--vision-hidden`` (``--patch`` px
     patches, ``--merge`` × ``--merge`` merge), language model ``--text-layers`` × ``--text-hidden``
-    with ``--heads`` heads; M-RoPE sections as the builder derives them (temporal, height, width)."""
+    with ``--heads`` heads and ``--rope-theta``; M-RoPE sections as the builder derives them
+    (temporal, height, width)."""
     from attendseg.tiny.qwen_vl import build_qwen_vl
 
-    head_dim = args.text_hidden // args.heads
-    half = head_dim // 2
-    sections = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     text = dict(hidden_size=args.text_hidden, intermediate_size=4 * args.text_hidden,
                 num_hidden_layers=args.text_layers, num_attention_heads=args.heads,
                 num_key_value_heads=args.heads, max_position_embeddings=1024)
     if args.rope_theta:
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": args.rope_theta, "mrope_section": sections}
+        text["rope_theta"] = args.rope_theta
     factor = args.patch * args.merge
     return build_qwen_vl(
         folder, shapes.VOCABULARY, model_type="qwen2_vl", seed=args.seed, text=text,

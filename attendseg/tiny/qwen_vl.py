@@ -13,7 +13,8 @@ tower 32 wide, 2 blocks; at most 48 merged tokens per image). Override with
 
 * ``text=dict(...)``: text-config fields, e.g. ``hidden_size``, ``intermediate_size``,
   ``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` (Qwen3),
-  ``rope_parameters`` (its ``mrope_section`` must sum to head_dim / 2; the default is derived);
+  ``rope_theta`` (default 1e6, the released checkpoints'), or all of ``rope_parameters`` (its
+  ``mrope_section`` must sum to head_dim / 2; the default is derived);
 * ``vision=dict(...)``: vision-config fields (``depth``, ``hidden_size``, ``patch_size``, …);
 * ``image_processor=dict(...)``: image-processor fields, ``min_pixels`` / ``max_pixels`` above all.
 
@@ -132,7 +133,8 @@ def build_qwen_vl(
         text_fields["head_dim"] = head_dim
     half = head_dim // 2  # M-RoPE sections (temporal, height, width) of the rotary half, like 16:24:24 / 24:20:20
     sections = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    text_fields.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 1e6, "mrope_section": sections,
+    theta = text_fields.pop("rope_theta", 1e6)
+    text_fields.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": theta, "mrope_section": sections,
                                                **({"mrope_interleaved": True} if model_type == "qwen3_vl" else {})})
     text_config = getattr(transformers, text_name)(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
