@@ -1,7 +1,8 @@
 """Models that ship inside the package, and their short names.
 
 ``attendseg.load("shapes-llava")``, ``Grounder.from_pretrained("shapes-llava")`` and the CLI's
-``--model shapes-llava`` all name the bundled shapes-world LLaVA through :func:`resolve_model`.
+``--model shapes-llava`` all name a bundled shapes-world model through :func:`resolve_model`
+(``"shapes-qwen2vl"`` names the Qwen2-VL one).
 To bundle another model, put its folder under ``attendseg/data/`` and add a line to
 :data:`BUNDLED_MODELS`. This module imports nothing heavy: the CLI checks names with it before
 it loads torch.
@@ -18,7 +19,8 @@ DATA = Path(__file__).parent / "data"
 
 #: Short name → folder of a bundled model. The first entry is the default model.
 BUNDLED_MODELS: dict[str, Path] = {
-    "shapes-llava": DATA / "shapes-llava",
+    "shapes-llava": DATA / "shapes-llava",  # LLaVA-1.5 architecture, square scenes
+    "shapes-qwen2vl": DATA / "shapes-qwen2vl",  # Qwen2-VL architecture, scenes of every aspect from 1:2 to 2:1
 }
 DEFAULT_MODEL = next(iter(BUNDLED_MODELS))
 
