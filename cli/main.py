@@ -76,7 +76,6 @@ def _model(model: Optional[str]) -> str:
 
 def _model_record(model: Optional[str]) -> str:
     """How a result names its model: a bundled short name, an absolute folder, or a hub id."""
-
     if model is None or (model in BUNDLED_MODELS and not Path(model).exists()):
         return model or DEFAULT_MODEL
     return str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else model

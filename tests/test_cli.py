@@ -244,3 +244,10 @@ def test_quick_start_leaves_the_clone_clean():
     for path in ("demo-out/contact_sheet.png", "attendseg-out/a.jpg.json", "attendseg-traces/a.jpg.trace.safetensors",
                  "attendseg-demo/metrics.json"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
+
+
+@pytest.mark.parametrize("command", [("eval", "shapes", "-q"), ("demo", "-q")])
+def test_a_wrong_aspect_is_refused_in_one_line(command, tmp_path):
+    result = cli(*command, "--aspect", "wide", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--aspect must be one of square, mixed, not 'wide'" in result.stderr + result.stdout
