@@ -101,6 +101,14 @@ def sincos_positions(grid: int, dim: int, norm: float = 1.5) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table]).float()
 
 
+def vision_fields(hidden: int, layers: int, heads: int, image_size, patch_size) -> dict:
+    """The fields every tiny vision tower shares (CLIP, SigLIP, InternViT, …): width ``hidden``,
+    MLP ``4 × hidden``, ``layers`` blocks of ``heads`` heads, input side and patch (as the config
+    class takes them: an int, or InternVL's ``[h, w]``)."""
+    return dict(hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                num_attention_heads=heads, image_size=image_size, patch_size=patch_size)
+
+
 def text_config(tokenizer, model_type: str, hidden: int, layers: int, heads: int, kv_heads: int | None = None,
                 intermediate: int | None = None, positions: int = 512):
     """A small random text-model config (``AutoConfig.for_model(model_type)``) sized to
@@ -180,15 +188,8 @@ def build_llava(
     tokenizer = word_tokenizer(words)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     grid = image_size // patch_size
-    vision = CLIPVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 4,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_hidden,
-    )
+    vision = CLIPVisionConfig(projection_dim=vision_hidden,
+                              **vision_fields(vision_hidden, vision_layers, vision_heads, image_size, patch_size))
     text = text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv_heads, intermediate,
                        positions=max(512, grid * grid + 256))
     config = LlavaConfig(

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from . import text_config as small_text_config
-from . import word_tokenizer
+from . import vision_fields, word_tokenizer
 
 IMAGE_TOKENS = ("<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>")
 TURN_TOKENS = ("<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>")
@@ -89,14 +89,7 @@ def build_aya_vision(
     per_tile = (tile // patch_size // downsample_factor) ** 2
 
     vision = transformers.SiglipVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 4,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=tile,
-        patch_size=patch_size,
-        vision_use_head=False,
-    )
+        vision_use_head=False, **vision_fields(vision_hidden, vision_layers, vision_heads, tile, patch_size))
     text = small_text_config(tokenizer, "cohere2", text_hidden, text_layers, text_heads, kv_heads, intermediate,
                              positions=max(512, (max_patches + 1) * (per_tile + 2) + 256))
     for key, value in (text_config or {}).items():

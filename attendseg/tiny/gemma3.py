@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from . import word_tokenizer
+from . import vision_fields, word_tokenizer
 
 #: Gemma 3's chat template (the released one, without system-prompt and tool handling).
 CHAT_TEMPLATE = (
@@ -86,14 +86,7 @@ def build_gemma3(
     tokenizer = word_tokenizer([*words, "model"], named=NAMED, markers=MARKERS)  # "model" is the chat role
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in NAMED.items()}
     vision = SiglipVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 4,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=image_size,
-        patch_size=patch_size,
-        vision_use_head=False,
-    )
+        vision_use_head=False, **vision_fields(vision_hidden, vision_layers, vision_heads, image_size, patch_size))
     text_settings = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,

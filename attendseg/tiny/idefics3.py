@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 
 from . import text_config as small_text_config
-from . import word_tokenizer
+from . import vision_fields, word_tokenizer
 
 #: The marker tokens both families write around image tiles (besides ``<image>``).
 FAKE_TOKEN = "<fake_token_around_image>"
@@ -117,13 +117,7 @@ def build_idefics3(
     grid = tile // patch_size
     tokens_per_tile = (grid // scale_factor) ** 2
     vision = getattr(transformers, f"{prefix}VisionConfig")(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 4,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=tile,
-        patch_size=patch_size,
-    )
+        **vision_fields(vision_hidden, vision_layers, vision_heads, tile, patch_size))
     max_tiles = -(-longest_edge // tile) ** 2 + 1
     text = small_text_config(tokenizer, "llama", text_hidden, text_layers, text_heads, kv_heads, intermediate,
                              positions=max(512, max_tiles * (tokens_per_tile + 3) + 256))

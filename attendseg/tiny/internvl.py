@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from . import word_tokenizer
+from . import vision_fields, word_tokenizer
 
 #: InternVL3-hf's chat template (ChatML; an image is ``<IMG_CONTEXT>`` on its own line).
 CHAT_TEMPLATE = (
@@ -85,14 +85,8 @@ def build_internvl(
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = word_tokenizer(words, named=NAMED, markers=MARKERS)
     tokens_per_tile = (image_size // patch_size // 2) ** 2
-    vision = InternVLVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 4,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=[image_size, image_size],
-        patch_size=[patch_size, patch_size],
-    )
+    vision = InternVLVisionConfig(**vision_fields(vision_hidden, vision_layers, vision_heads,
+                                                  [image_size, image_size], [patch_size, patch_size]))
     text_settings = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import torch
 
-from . import text_config, word_tokenizer
+from . import text_config, vision_fields, word_tokenizer
 
 #: llava-hf/llava-v1.6-*: (height, width) in px of the tile arrangements, 336-px tiles.
 REAL_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
@@ -135,8 +135,7 @@ def _build(family, folder, words, seed, *, tile, text_model, patch=8, pinpoints=
     tokenizer.chat_template = template
     grid = tile // patch
     most = max(h * w for h, w in pinpoints) // patch**2  # cells of the largest canvas
-    vision = dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 4, num_hidden_layers=vision_layers,
-                  num_attention_heads=vision_heads, image_size=tile, patch_size=patch)
+    vision = vision_fields(vision_hidden, vision_layers, vision_heads, tile, patch)
     text = text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv_heads, intermediate,
                        positions=max(1024, grid * grid + 2 * most + 256))
     common = dict(

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from . import text_config as small_text_config
-from . import word_tokenizer
+from . import vision_fields, word_tokenizer
 
 
 def build_paligemma(
@@ -74,14 +74,7 @@ def build_paligemma(
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
 
     vision = transformers.SiglipVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 4,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=image_size,
-        patch_size=patch_size,
-        vision_use_head=False,
-    )
+        vision_use_head=False, **vision_fields(vision_hidden, vision_layers, vision_heads, image_size, patch_size))
     text = small_text_config(tokenizer, text_model, text_hidden, text_layers, text_heads, kv_heads, intermediate,
                              positions=max(512, tokens + 256))
     for key, value in {"head_dim": text_hidden // text_heads, **(text_config or {})}.items():
