@@ -21,22 +21,28 @@ nothing (``--max-minutes`` makes the schedule depend on the machine's speed).
 in the language model, the image at its own aspect ratio through the family's real processor,
 ``--merge`` × ``--merge`` merged patches) and ``--world mixed`` draws every training scene at
 one of ``shapes.ASPECTS``. Its batches go through the processor itself (:class:`QwenBatcher`).
+``--family qwen3_vl`` builds a tiny ``Qwen3VLForConditionalGeneration`` the same way (learned
+absolute positions in the tower, interleaved M-RoPE). ``--text-heads``, ``--rope-theta`` and
+``--mrope-section`` set the language model's rotary geometry, ``--vision-heads`` and
+``--vision-rope-theta`` the tower's, ``--vision-pool`` stage 1's pooling (RESULTS.md has the
+measurements behind the shipped choices).
 
 Usage (the bundled models' runs on 2 cores: shapes-llava 12 + 45 minutes, shapes-qwen2vl
-14 + 43 minutes)::
+14 + 42 minutes)::
 
     ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py \
         --out runs/shapes5 --steps 8000 --vision-pretrain-minutes 12 --max-minutes 45 \
         --batch 32 --lr 1e-3 --warmup 200 --vision-hidden 64 --vision-layers 6 --text-hidden 64 \
         --n-weights 2,1,1,1 --uniform-after 0.3 --vision-positions sincos
     ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 scripts/train_shapes.py \
-        --family qwen2_vl --world mixed --vision-pretrain-world square --out runs/qwen3 --steps 8000 \
-        --vision-pretrain-minutes 14 --max-minutes 43 --batch 32 --lr 1e-3 --warmup 200 --patch 8 --merge 1 \
-        --vision-hidden 64 --vision-layers 6 --text-hidden 64 --rope-theta 20 --n-weights 2,1,1,1 --uniform-after 0.3
+        --family qwen2_vl --world mixed --vision-pretrain-world square --out runs/qwen5 --steps 8000 \
+        --vision-pretrain-minutes 14 --max-minutes 42 --batch 32 --lr 1e-3 --warmup 200 --patch 8 --merge 1 \
+        --vision-hidden 64 --vision-layers 6 --vision-pool max --freeze-vision-until 0.3 --text-hidden 64 \
+        --text-heads 2 --rope-theta 1000 --mrope-section 3,4,9 --n-weights 2,1,1,1 --uniform-after 0.3
     python scripts/train_shapes.py --out runs/shapes5 ... --resume        # continue stage 2
-    python scripts/train_shapes.py --out runs/qwen3 --world mixed --eval-only --eval-seeds tune --n 300
-    python scripts/train_shapes.py --world mixed --choose-settings runs/qwen3/model --n 300
-    python scripts/train_shapes.py --out runs/qwen3 --export attendseg/data/shapes-qwen2vl
+    python scripts/train_shapes.py --out runs/qwen5 --world mixed --eval-only --eval-seeds tune --n 300
+    python scripts/train_shapes.py --world mixed --choose-settings runs/qwen5/model --n 300
+    python scripts/train_shapes.py --out runs/qwen5 --export attendseg/data/shapes-qwen2vl
 
 ``--out`` holds ``model/`` (a ``save_pretrained`` folder), ``state.pt`` (optimizer, scheduler,
 step — the resume point), ``log.jsonl`` (loss per logging interval, the command of every start)
@@ -62,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attendseg import shapes  # noqa: E402
 from attendseg.files import atomic_write, atomic_write_text  # noqa: E402
 
+QWEN_FAMILIES = ("qwen2_vl", "qwen3_vl")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -69,12 +76,15 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/shapes")
-    p.add_argument("--family", choices=("llava", "qwen2_vl"), default="llava")
+    p.add_argument("--family", choices=("llava",) + QWEN_FAMILIES, default="llava")
     p.add_argument("--world", choices=shapes.WORLDS, default="square",
                    help="training scenes: all square, or each at its seed's aspect ratio (mixed)")
     p.add_argument("--merge", type=int, default=2, help="qwen2_vl: spatial merge size")
     p.add_argument("--rope-theta", type=float, default=0,
                    help="qwen2_vl: the language model's rope_theta (0: the builder's 1e6)")
+    p.add_argument("--mrope-section", default="",
+                   help="qwen2_vl: the M-RoPE sections (temporal,height,width) of the text heads' rotary "
+                        "frequencies, highest first, summing to head_dim / 2 (default: the builder's 1:1.5:1.5)")
     p.add_argument("--max-pixels", type=int, default=64 * 128,
                    help="qwen2_vl: the image processor's max_pixels (larger images are scaled down)")
     p.add_argument("--steps", type=int, default=6000)
@@ -90,6 +100,14 @@ def parse_args(argv=None):
     p.add_argument("--text-hidden", type=int, default=128)
     p.add_argument("--text-layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--text-heads", type=int, default=0, help="the language model's heads (0: --heads)")
+    p.add_argument("--vision-heads", type=int, default=0, help="the vision tower's heads (0: --heads)")
+    p.add_argument("--vision-rope-theta", type=float, default=0,
+                   help="qwen2_vl: the vision tower's 2-D RoPE theta (0: the family's 1e4)")
+    p.add_argument("--vision-pool", default="",
+                   help="stage 1's pooling of the tower's patch tokens: mean, max or attention, or two of them "
+                        "comma-separated for the first (one-object) and second half, each with its own head "
+                        "(default: mean for llava, max for qwen2_vl)")
     p.add_argument("--vision-positions", choices=("learned", "sincos"), default="learned",
                    help="CLIP position table: learned from random init, or a fixed 2-D sine-cosine "
                         "table (never trained; every patch token starts with its column and row)")
@@ -108,6 +126,9 @@ def parse_args(argv=None):
     p.add_argument("--vision-pretrain-world", choices=shapes.WORLDS, default=None,
                    help="stage 1's scenes (default: --world); square scenes are the cheapest, and a tower "
                         "without absolute positions (Qwen2-VL's) reads any aspect ratio after them")
+    p.add_argument("--freeze-vision-until", type=float, default=0,
+                   help="stage 2: the vision tower's blocks stay as stage 1 left them (learning rate 0; the "
+                        "projector / merger trains) until this fraction of the schedule")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--n-weights", default="",
                    help="curriculum: relative weights of 1..4-object training scenes, e.g. "
@@ -132,7 +153,7 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------- model / data
 def build(args, folder: Path):
-    if args.family == "qwen2_vl":
+    if args.family in QWEN_FAMILIES:
         return build_qwen(args, folder)
     from attendseg.tiny import build_llava
 
@@ -143,33 +164,49 @@ def build(args, folder: Path):
         patch_size=args.patch,
         vision_hidden=args.vision_hidden,
         vision_layers=args.vision_layers,
-        vision_heads=args.heads,
+        vision_heads=args.vision_heads or args.heads,
         text_hidden=args.text_hidden,
         text_layers=args.text_layers,
-        text_heads=args.heads,
+        text_heads=text_heads(args),
         vision_feature_layer=-1,
         seed=args.seed,
         vision_positions=args.vision_positions,
     )
 
 
+def text_heads(args) -> int:
+    return args.text_heads or args.heads
+
+
 def build_qwen(args, folder: Path):
-    """A tiny Qwen2-VL: vision tower ``--vision-layers`` × ``--vision-hidden`` (``--patch`` px
-    patches, ``--merge`` × ``--merge`` merge), language model ``--text-layers`` × ``--text-hidden``
-    with ``--heads`` heads and ``--rope-theta``; M-RoPE sections as the builder derives them
-    (temporal, height, width)."""
+    """A tiny Qwen2-VL (or Qwen3-VL, ``--family``): vision tower ``--vision-layers`` ×
+    ``--vision-hidden`` with ``--vision-heads`` and ``--vision-rope-theta`` (``--patch`` px patches,
+    ``--merge`` × ``--merge`` merge), language model ``--text-layers`` × ``--text-hidden`` with
+    ``--text-heads``, ``--rope-theta`` and ``--mrope-section`` (temporal, height, width; default:
+    as the builder derives them)."""
     from attendseg.tiny.qwen_vl import build_qwen_vl
 
     text = dict(hidden_size=args.text_hidden, intermediate_size=4 * args.text_hidden,
-                num_hidden_layers=args.text_layers, num_attention_heads=args.heads,
-                num_key_value_heads=args.heads, max_position_embeddings=1024)
+                num_hidden_layers=args.text_layers, num_attention_heads=text_heads(args),
+                num_key_value_heads=text_heads(args), max_position_embeddings=1024)
     if args.rope_theta:
         text["rope_theta"] = args.rope_theta
+    if args.mrope_section:
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": args.rope_theta or 1e6,
+                                   "mrope_section": [int(n) for n in args.mrope_section.split(",")],
+                                   **({"mrope_interleaved": True} if args.family == "qwen3_vl" else {})}
     factor = args.patch * args.merge
+    vision = dict(depth=args.vision_layers, num_heads=args.vision_heads or args.heads, patch_size=args.patch,
+                  spatial_merge_size=args.merge)
+    if args.vision_rope_theta:
+        vision["rope_parameters"] = {"rope_type": "axial", "rope_theta": args.vision_rope_theta}
+    if args.family == "qwen3_vl":  # learned absolute positions (an image_size / patch grid, interpolated)
+        vision.update(hidden_size=args.vision_hidden, intermediate_size=4 * args.vision_hidden,
+                      num_position_embeddings=(args.image_size // args.patch) ** 2, deepstack_visual_indexes=[])
+    else:
+        vision.update(embed_dim=args.vision_hidden, mlp_ratio=4)
     return build_qwen_vl(
-        folder, shapes.VOCABULARY, model_type="qwen2_vl", seed=args.seed, text=text,
-        vision=dict(depth=args.vision_layers, embed_dim=args.vision_hidden, num_heads=args.heads, mlp_ratio=4,
-                    patch_size=args.patch, spatial_merge_size=args.merge),
+        folder, shapes.VOCABULARY, model_type=args.family, seed=args.seed, text=text, vision=vision,
         image_processor=dict(min_pixels=factor * factor * 4, max_pixels=args.max_pixels),
     )
 
@@ -177,9 +214,10 @@ def build_qwen(args, folder: Path):
 def load_model(args, folder: Path, attn: str = "sdpa"):
     """The family's model class ``from_pretrained(folder)`` (fp32) and its processor."""
     from attendseg.adapters import load_processor
-    from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+    import transformers
 
-    cls = Qwen2VLForConditionalGeneration if args.family == "qwen2_vl" else LlavaForConditionalGeneration
+    cls = getattr(transformers, {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+                                 "qwen3_vl": "Qwen3VLForConditionalGeneration"}[args.family])
     return cls.from_pretrained(folder, attn_implementation=attn, dtype=torch.float32), load_processor(folder)
 
 
@@ -264,7 +302,7 @@ class QwenBatcher:
 
 
 def make_batcher(args, processor):
-    return QwenBatcher(processor) if args.family == "qwen2_vl" else Batcher(processor, args.image_size)
+    return QwenBatcher(processor) if args.family in QWEN_FAMILIES else Batcher(processor, args.image_size)
 
 
 def training_scenes(args, seeds, n_weights=None, progress: float = 1.0, world: str | None = None, **options):
@@ -335,30 +373,55 @@ def word_accuracy(logits, labels, word_kind) -> torch.Tensor:
 
 
 class CaptionWords(torch.nn.Module):
-    """Stage-1 model: the vision tower, mean-pooled over an image's patch tokens before the
-    projector, then a linear layer giving one logit per vocabulary word (does the caption
-    contain it?). LLaVA: CLIP's patch tokens (``pixel_values [B, 3, S, S]``); Qwen2-VL: the
-    blocks' output before the patch merger (``pixel_values [sum patches, C·T·p·p]``,
-    ``image_grid_thw [B, 3]``), max-pooled. Two measurements chose this for Qwen2-VL: pooling the
-    merger's output does not learn at all (the loss stays at the word-frequency baseline, 0.175
-    after 350 steps, where the pre-merger tokens reach 0.135); and mean-pooling its tower learns
-    colours but not shapes (a linear shape probe on the tower after 14 minutes of stage 1: 0.35,
-    chance 0.17; supervised shape classification, 400 steps: mean-pooled 0.21, max-pooled 0.57).
-    CLIP's tower learns shapes mean-pooled (probe 0.94 on the bundled LLaVA's)."""
+    """Stage-1 model: the vision tower's patch tokens pooled per image, then one logit per
+    vocabulary word (does the caption contain it?). LLaVA: CLIP's patch tokens without CLS
+    (``pixel_values [B, 3, S, S]``); Qwen-VL: the blocks' output before the patch merger
+    (``pixel_values [sum patches, C·T·p·p]``, ``image_grid_thw [B, 3]``).
 
-    def __init__(self, vision_tower, vocab_size: int):
+    ``pool``: ``"mean"`` (then a linear layer), ``"max"`` (then a linear layer) or
+    ``"attention"``: every word ``w`` has its own query, ``logit_w = u_w · Σ_t softmax_t(q_w · k_t) v_t``
+    over the image's tokens ``t`` (``k``, ``v`` linear in the layer-normed tokens): the word
+    reads the tokens the way a caption token reads image tokens in the language model.
+    RESULTS.md has the measurements that chose between them per family.
+    """
+
+    def __init__(self, vision_tower, vocab_size: int, pool: str = "mean"):
         super().__init__()
         self.vision_tower = vision_tower
+        self.pool = pool
         config = vision_tower.config
-        self.head = torch.nn.Linear(getattr(config, "embed_dim", None) or config.hidden_size, vocab_size)
+        width = getattr(config, "embed_dim", None) or config.hidden_size
+        if pool == "attention":
+            self.norm = torch.nn.LayerNorm(width)
+            self.key = torch.nn.Linear(width, width)
+            self.value = torch.nn.Linear(width, width)
+            self.query = torch.nn.Parameter(torch.randn(vocab_size, width) * width ** -0.5)
+            self.read = torch.nn.Parameter(torch.randn(vocab_size, width) * width ** -0.5)
+            self.bias = torch.nn.Parameter(torch.zeros(vocab_size))
+        else:
+            self.head = torch.nn.Linear(width, vocab_size)
+
+    def pooled_logits(self, tokens: torch.Tensor) -> torch.Tensor:  # [T, D] -> [vocab]
+        if self.pool == "mean":
+            return self.head(tokens.mean(0))
+        if self.pool == "max":
+            return self.head(tokens.max(0).values)
+        x = self.norm(tokens)
+        weights = (self.query @ self.key(x).T / x.shape[-1] ** 0.5).softmax(-1)  # [vocab, T]
+        return ((weights @ self.value(x)) * self.read).sum(-1) + self.bias
 
     def forward(self, pixel_values, image_grid_thw=None):  # -> [B, vocab]
         if image_grid_thw is None:
-            hidden = self.vision_tower(pixel_values=pixel_values).last_hidden_state
-            return self.head(hidden[:, 1:].mean(1))
+            tokens = self.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]  # without CLS
+            return torch.stack([self.pooled_logits(t) for t in tokens])
         hidden = self.vision_tower(pixel_values, grid_thw=image_grid_thw).last_hidden_state
-        sizes = image_grid_thw.prod(-1).tolist()
-        return self.head(torch.stack([h.max(0).values for h in hidden.split(sizes)]))
+        return torch.stack([self.pooled_logits(t) for t in hidden.split(image_grid_thw.prod(-1).tolist())])
+
+
+def is_tower_parameter(name: str) -> bool:
+    """Whether the named parameter belongs to the vision tower proper (LLaVA's CLIP, Qwen-VL's
+    patch embedding and blocks), not to the projector / patch merger or the language model."""
+    return name.startswith(("model.vision_tower.", "model.visual.")) and ".merger." not in name
 
 
 def vision_tower(model):
@@ -387,27 +450,34 @@ def pretrain_vision(args, model, batcher, acc, log):
     tok = batcher.tok
     vocab = len(tok)
     torch.manual_seed(args.seed)  # the same head on every process
-    net = CaptionWords(vision_tower(model), vocab).to(acc.device)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.vision_pretrain_lr, weight_decay=0.05)
-    net.train()
+    pools = (args.vision_pool or ("max" if args.family in QWEN_FAMILIES else "mean")).split(",")
+    nets = [CaptionWords(vision_tower(model), vocab, pool).to(acc.device) for pool in pools]
+    params = {id(p): p for net in nets for p in net.parameters()}  # the tower once, every head
+    shape_ids = torch.tensor(tok.convert_tokens_to_ids(list(shapes.SHAPES)))
+    opt = torch.optim.AdamW(list(params.values()), lr=args.vision_pretrain_lr, weight_decay=0.05)
+    for net in nets:
+        net.train()
     budget = args.vision_pretrain_minutes * 60
-    t0, step, run = time.time(), 0, []
+    t0, step, run, shape_hits = time.time(), 0, [], []
     record = jsonl_log(Path(args.out) / "log.jsonl", acc.is_main_process)
     while not any_process(acc, time.time() - t0 >= budget):
         for group in opt.param_groups:
             group["lr"] = args.vision_pretrain_lr * min(1.0, (step + 1) / 100)
-        first_half = time.time() - t0 < budget / 2  # may switch a step apart per process
+        first_half = not any_process(acc, time.time() - t0 >= budget / 2)  # the same step on every process
         seeds = [600_000_000 + scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
                  for i in range(args.batch)]
         scenes = training_scenes(args, seeds, world=args.vision_pretrain_world, n_objects=1 if first_half else None)
         target = torch.zeros(len(scenes), vocab)
         for row, sc in enumerate(scenes):
             target[row, tok(sc.caption, add_special_tokens=False)["input_ids"]] = 1.0
+        net = nets[0] if first_half else nets[-1]
         logits = net(**{k: v.to(acc.device) for k, v in vision_inputs(batcher, scenes).items()})
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.to(acc.device))
+        top_shape = shape_ids[logits.detach()[:, shape_ids].argmax(-1).cpu()]  # is the likeliest shape word present?
+        shape_hits.append(target[torch.arange(len(scenes)), top_shape].mean().item())
         loss.backward()
         if acc.num_processes > 1:  # average gradients by hand: the tower gets DDP-wrapped later
-            for param in net.parameters():
+            for param in params.values():
                 if param.grad is not None:
                     torch.distributed.all_reduce(param.grad)
                     param.grad /= acc.num_processes
@@ -417,10 +487,11 @@ def pretrain_vision(args, model, batcher, acc, log):
         run.append(loss.item())
         if step % args.log_every == 0:
             rec = {"stage": "vision", "step": step, "loss": round(float(np.mean(run)), 5),
+                   "shape_acc": round(float(np.mean(shape_hits)), 3),
                    "elapsed_min": round((time.time() - t0) / 60, 2)}
             log(json.dumps(rec))
             record(rec)
-            run = []
+            run, shape_hits = [], []
     log(f"vision pretraining: {step} steps in {(time.time() - t0) / 60:.1f} min")
     acc.wait_for_everyone()
 
@@ -440,11 +511,14 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
     n_all = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for _, p in trainable)
     log(f"model: {n_all / 1e6:.2f} M parameters, {n_trainable / 1e6:.2f} M trainable; world {acc.num_processes}")
-    decay = [p for n, p in trainable if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in trainable if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98))
+    groups = []
+    for tower in (False, True):
+        named = [(n, p) for n, p in trainable if is_tower_parameter(n) == tower]
+        decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
+        no_decay = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
+        groups += [{"params": decay, "weight_decay": args.weight_decay, "tower": tower},
+                   {"params": no_decay, "weight_decay": 0.0, "tower": tower}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, betas=(0.9, 0.98))
 
     step = 0
     elapsed0 = 0.0  # training seconds before this (resumed) run
@@ -495,8 +569,9 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
     run_loss, run_n, t_log = 0.0, 0, time.time()
     run_ok = torch.zeros(2, 2)  # [shape, colour] x [right, total] on the training batches
     while step < args.steps and not any_process(acc, progress() >= 1.0):
+        frozen_tower = progress() < args.freeze_vision_until
         for group in opt.param_groups:
-            group["lr"] = args.lr * lr_factor()
+            group["lr"] = 0.0 if group["tower"] and frozen_tower else args.lr * lr_factor()
         seeds = [scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
                  for i in range(args.batch)]
         scenes = training_scenes(args, seeds, n_weights, progress())
