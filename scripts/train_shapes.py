@@ -148,7 +148,11 @@ def parse_args(argv=None):
                    help="choose FOLDER's map settings on --n tune scenes of --world, write its attendseg.json, exit")
     p.add_argument("--export", default="", help="write the package folder here and exit")
     p.add_argument("--half", action="store_true", help="export fp16 weights")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    bad = [pool for pool in args.vision_pool.split(",") if args.vision_pool and pool not in ("mean", "max", "attention")]
+    if bad or len(args.vision_pool.split(",")) > 2:
+        p.error(f"--vision-pool: one or two of mean, max, attention, not {args.vision_pool!r}")
+    return args
 
 
 # ---------------------------------------------------------------------------- model / data

@@ -81,3 +81,10 @@ def test_tower_parameters_are_the_blocks_not_the_merger_or_language_model(qwen_r
     assert tower == {n for n in names if n.startswith(("model.visual.blocks.", "model.visual.patch_embed.",
                                                             "model.visual.pos_embed."))}
     assert any(".merger." in n for n in names) and tower
+
+
+@pytest.mark.parametrize("pool", ["avg", "max,mean,max"])
+def test_a_wrong_stage_one_pooling_is_refused(pool, capsys):
+    with pytest.raises(SystemExit):
+        train_shapes.parse_args(["--vision-pool", pool])
+    assert "--vision-pool" in capsys.readouterr().err
