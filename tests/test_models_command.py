@@ -23,4 +23,4 @@ def test_models_lists_every_registered_family_with_its_hub_ids():
             assert adapter_for(model_type) is cls
     text = CliRunner().invoke(app, ["models"]).output
     assert all(f"--model {hub_id}" in text for cls in registered for hub_id in cls.hub_ids)
-    assert "--model shapes-llava (the default)" in text
+    assert "--model shapes-qwen2vl (the default), --model shapes-llava" in text

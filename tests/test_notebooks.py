@@ -84,8 +84,9 @@ def test_attention_and_masks(kernel_dir, tmp_path):
     work.mkdir()
     nb = run_notebook("01_attention_and_masks.ipynb", kernel_dir, work, {"OUT_DIR": str(out)})
     text = text_of(nb)
-    assert "Attender('shapes-llava'" in text and "IoU with the true mask" in text
-    assert "the cropped-off sides are one flat value (the grid's lowest): True" in text
+    assert "Attender('shapes-qwen2vl'" in text and "IoU with the true mask" in text
+    assert "box=(0.0, 0.0, 451.0, 300.0)" in text  # the Qwen2-VL grid covers the whole photo
+    assert "shapes-llava's cropped-off sides are one flat value (its grid's lowest): True" in text
     assert [p.name for p in work.iterdir() if not p.name.startswith(".")] == []  # nothing lands in its folder
     # the JSON it wrote decodes, with pycocotools as the notebook did and with attendseg
     from pycocotools import mask as mask_utils
@@ -94,11 +95,12 @@ def test_attention_and_masks(kernel_dir, tmp_path):
 
     path = out / "scene.grounding.json"
     saved = json.loads(path.read_text())
-    assert saved["schema"] == "attendseg.grounding" and saved["image"]["width"] == 64
+    height, width = saved["image"]["height"], saved["image"]["width"]
+    assert saved["schema"] == "attendseg.grounding" and min(height, width) == 64  # a mixed-world scene
     assert saved["phrases"], "no phrase was grounded"
     for phrase in saved["phrases"]:
         mask = mask_utils.decode(phrase["segmentation"])
-        assert mask.shape == (64, 64) and int(mask.sum()) == phrase["area"]
+        assert mask.shape == (height, width) and int(mask.sum()) == phrase["area"]
     assert len(Grounding.load_json(path).phrases) == len(saved["phrases"])
     assert images_of(nb) >= FIGURES["01_attention_and_masks.ipynb"]
 
