@@ -214,8 +214,9 @@ def test_ctrl_c_prints_a_summary_and_how_to_resume(tiny_llava, tmp_path, photos)
     inputs = tmp_path / "in"
     inputs.mkdir()
     small = Image.fromarray(photos["coffee"]).resize((48, 32))
-    for i in range(60):
-        small.save(inputs / f"{i:02d}.png")
+    n_images = 240  # enough that the run cannot end before the first output is seen, even on a busy machine
+    for i in range(n_images):
+        small.save(inputs / f"{i:03d}.png")
     out = tmp_path / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "attendseg.cli.main", "attend", inputs, "--model", tiny_llava,
@@ -229,7 +230,7 @@ def test_ctrl_c_prints_a_summary_and_how_to_resume(tiny_llava, tmp_path, photos)
     assert proc.returncode == 130, (stdout, stderr)
     done = len(list(out.glob("*.safetensors")))
     assert f"{done} image(s) done" in stdout and "Traceback" not in stderr
-    assert f"interrupted: {60 - done} image(s) not done" in stdout
+    assert f"interrupted: {n_images - done} image(s) not done" in stdout
     assert "run the same command again to resume" in stdout
 
 
