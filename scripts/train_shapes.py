@@ -149,8 +149,8 @@ def parse_args(argv=None):
     p.add_argument("--export", default="", help="write the package folder here and exit")
     p.add_argument("--half", action="store_true", help="export fp16 weights")
     args = p.parse_args(argv)
-    bad = [pool for pool in args.vision_pool.split(",") if args.vision_pool and pool not in ("mean", "max", "attention")]
-    if bad or len(args.vision_pool.split(",")) > 2:
+    pools = args.vision_pool.split(",") if args.vision_pool else []
+    if len(pools) > 2 or any(pool not in ("mean", "max", "attention") for pool in pools):
         p.error(f"--vision-pool: one or two of mean, max, attention, not {args.vision_pool!r}")
     return args
 
@@ -168,7 +168,7 @@ def build(args, folder: Path):
         patch_size=args.patch,
         vision_hidden=args.vision_hidden,
         vision_layers=args.vision_layers,
-        vision_heads=args.vision_heads or args.heads,
+        vision_heads=vision_heads(args),
         text_hidden=args.text_hidden,
         text_layers=args.text_layers,
         text_heads=text_heads(args),
@@ -180,6 +180,10 @@ def build(args, folder: Path):
 
 def text_heads(args) -> int:
     return args.text_heads or args.heads
+
+
+def vision_heads(args) -> int:
+    return args.vision_heads or args.heads
 
 
 def build_qwen(args, folder: Path):
@@ -200,7 +204,7 @@ def build_qwen(args, folder: Path):
                                    "mrope_section": [int(n) for n in args.mrope_section.split(",")],
                                    **({"mrope_interleaved": True} if args.family == "qwen3_vl" else {})}
     factor = args.patch * args.merge
-    vision = dict(depth=args.vision_layers, num_heads=args.vision_heads or args.heads, patch_size=args.patch,
+    vision = dict(depth=args.vision_layers, num_heads=vision_heads(args), patch_size=args.patch,
                   spatial_merge_size=args.merge)
     if args.vision_rope_theta:
         vision["rope_parameters"] = {"rope_type": "axial", "rope_theta": args.vision_rope_theta}
