@@ -91,6 +91,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32, help="per process")
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--lr-hold", type=float, default=0,
+                   help="stage 2: the learning rate stays at its peak until this fraction of the schedule, "
+                        "then decays (cosine); 0: the cosine starts after the warmup")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0, help="model init / torch seed")
     p.add_argument("--image-size", type=int, default=64)
@@ -127,8 +130,9 @@ def parse_args(argv=None):
                    help="stage 1's scenes (default: --world); square scenes are the cheapest, and a tower "
                         "without absolute positions (Qwen2-VL's) reads any aspect ratio after them")
     p.add_argument("--freeze-vision-until", type=float, default=0,
-                   help="stage 2: the vision tower's blocks stay as stage 1 left them (learning rate 0; the "
-                        "projector / merger trains) until this fraction of the schedule")
+                   help="stage 2: the vision tower's blocks stay as stage 1 left them (no gradient, no update, "
+                        "no backward pass through them; the projector / merger trains) until this fraction "
+                        "of the schedule")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--n-weights", default="",
                    help="curriculum: relative weights of 1..4-object training scenes, e.g. "
@@ -352,11 +356,17 @@ def jsonl_log(path: Path, is_main: bool):
 def any_process(acc, flag: bool) -> bool:
     """``flag`` or'ed over the processes, so time-based stops happen at the same step everywhere
     (a process that stopped alone would leave the others waiting in an all-reduce)."""
+    return most_over_processes(acc, float(flag)) > 0
+
+
+def most_over_processes(acc, value: float) -> float:
+    """The largest ``value`` over the processes: every process takes the same time-based
+    decisions (learning rate, frozen tower, curriculum, stop) at the same step."""
     if acc.num_processes == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=acc.device)
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=acc.device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return t.item()
 
 
 def word_kinds(tok, device) -> torch.Tensor:
@@ -504,6 +514,16 @@ def pretrain_vision(args, model, batcher, acc, log):
     acc.wait_for_everyone()
 
 
+def lr_factor(args, step: int, progress: float) -> float:
+    """The learning rate over ``--lr`` at ``step`` and schedule ``progress`` (0–1): linear warmup
+    over ``--warmup`` steps, the peak until ``--lr-hold``, then a cosine down to 0.05 at the end."""
+    if step < args.warmup:
+        return (step + 1) / args.warmup
+    f0 = max(args.warmup / args.steps, args.lr_hold)
+    f = max(0.0, (progress - f0) / max(1e-9, 1 - f0))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(f, 1.0)))
+
+
 def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, frozen=()):
     """The caption-loss training loop (shared with ``train_shapes_difflmm.py``).
 
@@ -538,13 +558,6 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
             f = max(f, (elapsed0 + time.time() - t_start) / (args.max_minutes * 60))
         return min(f, 1.0)
 
-    def lr_factor() -> float:
-        if step < args.warmup:
-            return (step + 1) / args.warmup
-        f0 = args.warmup / args.steps
-        f = max(0.0, (progress() - f0) / max(1e-9, 1 - f0))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(f, 1.0)))
-
     if args.resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["model"])
@@ -576,13 +589,19 @@ def train(args, model, batcher, model_dir: Path, state_path: Path, acc, log, fro
     word_kind = word_kinds(batcher.tok, acc.device)
     run_loss, run_n, t_log = 0.0, 0, time.time()
     run_ok = torch.zeros(2, 2)  # [shape, colour] x [right, total] on the training batches
-    while step < args.steps and not any_process(acc, progress() >= 1.0):
-        frozen_tower = progress() < args.freeze_vision_until
+    tower = [p for n, p in trainable if is_tower_parameter(n)]
+    while step < args.steps:
+        shared_progress = most_over_processes(acc, progress())
+        if shared_progress >= 1.0:
+            break
+        frozen_tower = shared_progress < args.freeze_vision_until
+        for p in tower:  # a frozen tower needs no backward pass: its blocks get no gradient at all
+            p.requires_grad_(not frozen_tower)
         for group in opt.param_groups:
-            group["lr"] = 0.0 if group["tower"] and frozen_tower else args.lr * lr_factor()
+            group["lr"] = 0.0 if group["tower"] and frozen_tower else args.lr * lr_factor(args, step, shared_progress)
         seeds = [scene_seed(step, acc.process_index, acc.num_processes, args.batch, i)
                  for i in range(args.batch)]
-        scenes = training_scenes(args, seeds, n_weights, progress())
+        scenes = training_scenes(args, seeds, n_weights, shared_progress)
         batch = {k: v.to(acc.device) for k, v in batcher(scenes).items()}
         output = model(**batch)
         loss = output.loss

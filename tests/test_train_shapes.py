@@ -2,6 +2,7 @@
 processor carry labels on the caption (and its closing token) only, the options reach the
 configs, and stage 1's poolings read each image's own tokens."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -88,3 +89,30 @@ def test_a_wrong_stage_one_pooling_is_refused(pool, capsys):
     with pytest.raises(SystemExit):
         train_shapes.parse_args(["--vision-pool", pool])
     assert "--vision-pool" in capsys.readouterr().err
+
+
+def test_the_learning_rate_holds_its_peak_then_decays_by_cosine():
+    args = train_shapes.parse_args(["--warmup", "10", "--steps", "100", "--lr-hold", "0.5"])
+    assert train_shapes.lr_factor(args, 4, 0.04) == pytest.approx(0.5)  # warmup: (step + 1) / warmup
+    assert train_shapes.lr_factor(args, 40, 0.4) == train_shapes.lr_factor(args, 50, 0.5) == 1.0
+    assert train_shapes.lr_factor(args, 75, 0.75) == pytest.approx(0.05 + 0.95 * 0.5)  # halfway down
+    assert train_shapes.lr_factor(args, 100, 1.0) == pytest.approx(0.05)
+    no_hold = train_shapes.parse_args(["--warmup", "10", "--steps", "100"])
+    # without the hold the cosine starts after the warmup (progress 0.1 here)
+    assert train_shapes.lr_factor(no_hold, 50, 0.5) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.4 / 0.9)))
+
+
+def test_a_frozen_tower_stays_as_it_was_while_the_merger_and_language_model_train(tmp_path):
+    """``--freeze-vision-until``: for that fraction of stage 2 the tower's blocks get no gradient
+    (no backward pass through them) and do not move; the merger and the language model do."""
+    args = train_shapes.parse_args(["--family", "qwen2_vl", *TINY, "--steps", "2", "--warmup", "1",
+                                    "--freeze-vision-until", "1", "--out", str(tmp_path)])
+    model, processor = train_shapes.load_model(args, train_shapes.build(args, tmp_path / "model"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_shapes.train(args, model, train_shapes.make_batcher(args, processor), tmp_path / "model",
+                       tmp_path / "state.pt", train_shapes.make_accelerator(), log=lambda msg: None)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    tower = {n for n in before if train_shapes.is_tower_parameter(n)}
+    assert tower and not moved & tower
+    assert any(".merger." in n for n in moved) and any(n.startswith("model.language_model.") for n in moved)
+    assert all(p.grad is None for n, p in model.named_parameters() if n in tower)
