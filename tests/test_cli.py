@@ -214,23 +214,23 @@ def test_ctrl_c_prints_a_summary_and_how_to_resume(tiny_llava, tmp_path, photos)
     inputs = tmp_path / "in"
     inputs.mkdir()
     small = Image.fromarray(photos["coffee"]).resize((48, 32))
-    n_images = 240  # enough that the run cannot end before the first output is seen, even on a busy machine
+    n_images = 60
     for i in range(n_images):
         small.save(inputs / f"{i:03d}.png")
     out = tmp_path / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    # A shell without job control starts background commands with SIGINT ignored, and children
+    # inherit that (Python then installs no KeyboardInterrupt handler): the child gets the
+    # default disposition back, as when a user presses Ctrl-C in a terminal.
     proc = subprocess.Popen([sys.executable, "-m", "attendseg.cli.main", "attend", inputs, "--model", tiny_llava,
                              "--max-new-tokens", "24", "--no-grid", "--out", out, "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not list(out.glob("*.safetensors")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    if proc.returncode == 0 and f"{n_images} image(s) done" in stdout:
-        # Seen only in fresh-clone full-suite runs (never alone, never in the working tree's full
-        # suite): the run finished before this loop saw its first output; cause not found yet.
-        pytest.skip("the run ended before the interrupt was sent: nothing to check")
     assert proc.returncode == 130, (stdout, stderr)
     done = len(list(out.glob("*.safetensors")))
     assert f"{done} image(s) done" in stdout and "Traceback" not in stderr
