@@ -77,6 +77,23 @@ def test_negative_control_shifted_rows_collapse(bundled):
     assert point_accuracy(name, model, scenes_of(name, "demo"), rows="own") <= CONTROL[name]
 
 
+def test_a_point_on_another_object_counts_on_object_but_not_named(bundled):
+    """``point_hits(any_object=True)`` asks only that the point lie on some object: with the
+    scene's masks handed to the wrong objects (a cyclic shift) the named-object hits collapse
+    and the on-object hits do not move."""
+    name, model = bundled
+    settings = Settings(**checkpoint_settings(bundled_model(name)))
+    scenes = [s for s in scenes_of(name, "demo") if len(s.objects) >= 2]
+    traces = model.attend_text([s.image for s in scenes], [s.prompt for s in scenes], [s.caption for s in scenes],
+                               layers=settings.layers)
+    shifted = [dataclasses.replace(s, masks=np.roll(s.masks, 1, axis=0)) for s in scenes]
+    named = [point_hits(t, s, settings) for t, s in zip(traces, scenes)]
+    anywhere = [point_hits(t, s, settings, any_object=True) for t, s in zip(traces, scenes)]
+    assert all(a >= n for a, n in zip(anywhere, named)) and sum(named) >= FLOOR[name] * sum(len(s.objects) for s in scenes)
+    assert [point_hits(t, s, settings, any_object=True) for t, s in zip(traces, shifted)] == anywhere
+    assert sum(point_hits(t, s, settings) for t, s in zip(traces, shifted)) <= 0.2 * sum(named)
+
+
 def test_qwen2vl_grounds_non_square_scenes_and_a_transposed_grid_collapses():
     """The Qwen2-VL model reads each image at its own aspect ratio: 24 fixed non-square scenes
     (1:2 to 2:1) ground through its non-square grids (measured 0.98); the same attention read
@@ -148,7 +165,10 @@ def test_eval_shapes_command_agrees_with_transformers_generate(bundled):
         assert sum(f["objects"] for f in split.values()) == ours["objects"]
     n_layers = model.config.text_config.num_hidden_layers
     assert len(ours["per_layer_point_acc_tf"]) == 2 * (n_layers + 1)  # each layer and their mean, raw and normalised
-    assert 0 <= figures["random_point"] <= 1 and figures["untrained"]["caption_exact"] == 0
+    assert 0 <= figures["random_point"] <= figures["random_point_on_object"] <= 1
+    assert figures["untrained"]["caption_exact"] == 0
+    for run in ("model", "untrained"):
+        assert figures[run]["point_acc_tf"] <= figures[run]["point_on_object_tf"] <= 1
 
 
 def test_bundled_model_by_short_name_with_its_own_prompt_and_words(bundled, photos, capfd):

@@ -11,12 +11,16 @@ object its words name (``"a red circle"`` → the red circle). Figures:
   the object's mask (an object no phrase names counts as a miss).
 * ``point_acc_tf``: the same with the true caption teacher-forced (grounding without caption
   errors).
+* ``point_on_object_tf``: per ground-truth object, the teacher-forced point lies inside *some*
+  object, the named one or another: attention drawn to objects, whichever the phrase names
+  (point_acc_tf ≤ point_on_object_tf; an untrained model's maps can be drawn to objects without
+  telling them apart).
 * ``by_order``, ``by_objects``, ``by_aspect``: the three figures above per prompt order, per
   number of objects and per aspect ratio (``"W:H"``) of the scenes.
 * per refiner: ``miou`` and ``recall`` (IoU ≥ 0.5, GCG one-to-one greedy matching, the text gate
   being "the phrase names this object").
 * baselines: the same architecture with random weights (``untrained``), and a uniformly random
-  point (``random_point``).
+  point (``random_point``; ``random_point_on_object``: it lies inside some object).
 * with ``per_layer``: ``point_acc_tf`` of each layer alone and of the mean of all layers, raw
   and mean-normalised (what :func:`choose_settings` picks from).
 
@@ -117,6 +121,7 @@ class SceneResult:
     groundings: dict = field(default_factory=dict)  # refiner name -> Grounding
     hits: int = 0  # objects found on the answer's maps
     hits_tf: int = 0  # objects found on the true caption's maps
+    on_object_tf: int = 0  # objects whose phrase's point lies on some object (the true caption's maps)
 
     @property
     def exact(self) -> bool:
@@ -143,7 +148,7 @@ class ShapesEvaluation:
         self.per_layer = per_layer
         self.generate = generate
         self.layer_hits: dict[str, int] = {}
-        # group -> key -> [scenes, exact, objects, hits, hits_tf]; group "all" has key "all"
+        # group -> key -> [scenes, exact, objects, hits, hits_tf, on_object_tf]; group "all" has key "all"
         self.tallies: dict[str, dict[str, list[int]]] = {g: {} for g in ("all", *GROUPS)}
 
     def add_batch(self, scenes: list[shapes.Scene]) -> list[SceneResult]:
@@ -156,7 +161,8 @@ class ShapesEvaluation:
         forced = self.attender.attend_text(images, prompts, [s.caption for s in scenes], **capture)
         results = []
         for scene, answer, tf in zip(scenes, answers, forced):
-            result = SceneResult(scene, answer, tf, hits_tf=point_hits(tf, scene, self.settings))
+            result = SceneResult(scene, answer, tf, hits_tf=point_hits(tf, scene, self.settings),
+                                 on_object_tf=point_hits(tf, scene, self.settings, any_object=True))
             if answer is not None:
                 result.hits = point_hits(answer, scene, self.settings)
                 labels = [o.name for o in scene.objects]
@@ -166,9 +172,9 @@ class ShapesEvaluation:
                     names = [labels[k] if k is not None else "?" for k in owners]
                     self.gcg[name].add([p.mask for p in grounding.phrases], scene.masks, names, labels)
                     result.groundings[name] = grounding
-            row = (1, int(result.exact), len(scene.objects), result.hits, result.hits_tf)
+            row = (1, int(result.exact), len(scene.objects), result.hits, result.hits_tf, result.on_object_tf)
             for group, key in [("all", "all"), *((g, f(scene)) for g, f in GROUPS.items())]:
-                tally = self.tallies[group].setdefault(key, [0] * 5)
+                tally = self.tallies[group].setdefault(key, [0] * len(row))
                 for i, value in enumerate(row):
                     tally[i] += value
             if self.per_layer:
@@ -186,15 +192,16 @@ class ShapesEvaluation:
 
     def figures(self) -> dict:
         def summary(tally) -> dict:
-            scenes, exact, objects, hits, hits_tf = tally
+            scenes, exact, objects, hits, hits_tf, on_object_tf = tally
             out = {"scenes": scenes, "objects": objects}
             if self.generate:
                 out["caption_exact"] = exact / max(scenes, 1)
                 out["point_acc"] = hits / max(objects, 1)
             out["point_acc_tf"] = hits_tf / max(objects, 1)
+            out["point_on_object_tf"] = on_object_tf / max(objects, 1)
             return out
 
-        out = summary(self.tallies["all"].get("all", [0] * 5))
+        out = summary(self.tallies["all"].get("all", [0] * 6))
         for group in GROUPS:
             known = GROUP_ORDER[group]
             keys = sorted(self.tallies[group], key=lambda k: (known.index(k) if k in known else len(known), k))
@@ -207,12 +214,15 @@ class ShapesEvaluation:
         return out
 
 
-def point_hits(trace, scene: shapes.Scene, settings: Settings, layers=None, normalisation=None) -> int:
-    """Objects whose naming phrase (the first that names it) peaks inside the object's mask.
+def point_hits(trace, scene: shapes.Scene, settings: Settings, layers=None, normalisation=None,
+               any_object: bool = False) -> int:
+    """Objects whose naming phrase (the first that names it) peaks inside the object's mask
+    (``any_object``: inside any object's mask).
 
     The peak is the argmax of the phrase's image-frame map: the point prompt every refiner
     gets. ``layers`` needs a per-layer trace (default: the settings' layers, or all kept).
     """
+    anywhere = scene.masks.any(0)
     if layers is None and trace.per_layer and settings.layers != "all":
         layers = settings.layers
     hits, seen = 0, set()
@@ -223,7 +233,7 @@ def point_hits(trace, scene: shapes.Scene, settings: Settings, layers=None, norm
         seen.add(k)
         image_map = trace_image_map(trace, phrase.tokens, layers=layers, aggregate=settings.aggregate,
                                     normalisation=normalisation or settings.normalisation, sinks=settings.sinks)
-        hits += bool(point_in_mask(peaks(image_map, k=1)[0], scene.masks[k]))
+        hits += bool(point_in_mask(peaks(image_map, k=1)[0], anywhere if any_object else scene.masks[k]))
     return hits
 
 
@@ -231,15 +241,16 @@ def _same_name(gt_label: str, phrase_label: str) -> float:
     return float(gt_label == phrase_label)
 
 
-def random_point_accuracy(scenes: list[shapes.Scene], seed: int = 0) -> float:
-    """Point accuracy of a uniformly random ``(x, y)`` in each scene's image, per object."""
+def random_point_accuracy(scenes: list[shapes.Scene], seed: int = 0, any_object: bool = False) -> float:
+    """Point accuracy of a uniformly random ``(x, y)`` in each scene's image, per object
+    (``any_object``: the point lies inside some object)."""
     rng = np.random.default_rng(seed)
     hits = total = 0
     for scene in scenes:
         height, width = scene.image.shape[:2]
         for mask in scene.masks:
             point = rng.uniform(0, 1, 2) * (width, height)
-            hits += bool(point_in_mask(point, mask))
+            hits += bool(point_in_mask(point, scene.masks.any(0) if any_object else mask))
             total += 1
     return hits / max(total, 1)
 
@@ -298,6 +309,7 @@ def evaluate_shapes(model: str, refiners=("superpixel", "threshold"), n: int = 5
             shutil.rmtree(tmp, ignore_errors=True)
     if baselines:
         results["random_point"] = random_point_accuracy(scenes)
+        results["random_point_on_object"] = random_point_accuracy(scenes, any_object=True)
     return results
 
 
