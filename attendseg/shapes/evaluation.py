@@ -161,8 +161,9 @@ class ShapesEvaluation:
         forced = self.attender.attend_text(images, prompts, [s.caption for s in scenes], **capture)
         results = []
         for scene, answer, tf in zip(scenes, answers, forced):
-            result = SceneResult(scene, answer, tf, hits_tf=point_hits(tf, scene, self.settings),
-                                 on_object_tf=point_hits(tf, scene, self.settings, any_object=True))
+            forced_points = phrase_points(tf, scene, self.settings)
+            result = SceneResult(scene, answer, tf, hits_tf=count_hits(forced_points, scene),
+                                 on_object_tf=count_hits(forced_points, scene, any_object=True))
             if answer is not None:
                 result.hits = point_hits(answer, scene, self.settings)
                 labels = [o.name for o in scene.objects]
@@ -214,18 +215,16 @@ class ShapesEvaluation:
         return out
 
 
-def point_hits(trace, scene: shapes.Scene, settings: Settings, layers=None, normalisation=None,
-               any_object: bool = False) -> int:
-    """Objects whose naming phrase (the first that names it) peaks inside the object's mask
-    (``any_object``: inside any object's mask).
+def phrase_points(trace, scene: shapes.Scene, settings: Settings, layers=None, normalisation=None) -> list:
+    """``[(object index, (x, y))]``: each object named in the trace's text, with the peak of the
+    map of the first phrase naming it.
 
     The peak is the argmax of the phrase's image-frame map: the point prompt every refiner
     gets. ``layers`` needs a per-layer trace (default: the settings' layers, or all kept).
     """
-    anywhere = scene.masks.any(0)
     if layers is None and trace.per_layer and settings.layers != "all":
         layers = settings.layers
-    hits, seen = 0, set()
+    points, seen = [], set()
     for phrase in SHAPE_PHRASES.extract(trace.text, trace.offsets):
         k = named_object(trace.text, phrase, scene)
         if k is None or k in seen:
@@ -233,8 +232,22 @@ def point_hits(trace, scene: shapes.Scene, settings: Settings, layers=None, norm
         seen.add(k)
         image_map = trace_image_map(trace, phrase.tokens, layers=layers, aggregate=settings.aggregate,
                                     normalisation=normalisation or settings.normalisation, sinks=settings.sinks)
-        hits += bool(point_in_mask(peaks(image_map, k=1)[0], anywhere if any_object else scene.masks[k]))
-    return hits
+        points.append((k, peaks(image_map, k=1)[0]))
+    return points
+
+
+def count_hits(points: list, scene: shapes.Scene, any_object: bool = False) -> int:
+    """How many of :func:`phrase_points`' points lie inside their object's mask (``any_object``:
+    inside any object's mask)."""
+    anywhere = scene.masks.any(0)
+    return sum(bool(point_in_mask(point, anywhere if any_object else scene.masks[k])) for k, point in points)
+
+
+def point_hits(trace, scene: shapes.Scene, settings: Settings, layers=None, normalisation=None,
+               any_object: bool = False) -> int:
+    """Objects whose naming phrase (the first that names it) peaks inside the object's mask
+    (``any_object``: inside any object's mask); see :func:`phrase_points`."""
+    return count_hits(phrase_points(trace, scene, settings, layers, normalisation), scene, any_object)
 
 
 def _same_name(gt_label: str, phrase_label: str) -> float:
