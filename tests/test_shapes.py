@@ -170,3 +170,29 @@ def test_mixed_scenes_keep_masks_captions_and_orders_exact():
     wide = [sc for sc in MIXED if sc.aspect == "2:1"]
     xs = [o.centre[0] for sc in wide for o in sc.objects]
     assert max(xs) > 1.5 * shapes.DEFAULT_SIZE  # objects use the whole width, not a square part
+
+
+def test_shuffled_order_baseline_equals_counting_every_permutation():
+    """The random-order caption baseline, against enumerating every listing of each scene's
+    objects (at most 4! of them) and counting those that read as the caption."""
+    import itertools
+
+    from attendseg.shapes.evaluation import shuffled_order_baseline
+
+    scenes = [shapes.world_scene(s, "mixed") for s in range(60)]
+    exact, colour_right, colour_words = [], 0.0, 0
+    for scene in scenes:
+        names = [o.name for o in scene.objects]
+        listings = list(itertools.permutations(names))
+        exact.append(sum(list(p) == names for p in listings) / len(listings))
+        for k, obj in enumerate(scene.objects):  # teacher-forced: the first k objects given
+            rest = list(itertools.permutations(scene.objects[k:]))
+            colour_right += sum(p[0].colour == obj.colour for p in rest) / len(rest)
+            colour_words += 1
+    baseline = shuffled_order_baseline(scenes)
+    assert baseline["caption_exact"] == pytest.approx(np.mean(exact))
+    assert baseline["colour_words"] == pytest.approx(colour_right / colour_words)
+    for order, value in baseline["by_order"].items():
+        assert value == pytest.approx(np.mean([e for e, s in zip(exact, scenes) if s.order == order]))
+    one = [s for s in scenes if len(s.objects) == 1]
+    assert one and shuffled_order_baseline(one)["caption_exact"] == 1.0  # one object: nothing to order

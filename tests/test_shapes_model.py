@@ -167,6 +167,8 @@ def test_eval_shapes_command_agrees_with_transformers_generate(bundled):
     assert len(ours["per_layer_point_acc_tf"]) == 2 * (n_layers + 1)  # each layer and their mean, raw and normalised
     assert 0 <= figures["random_point"] <= figures["random_point_on_object"] <= 1
     assert figures["untrained"]["caption_exact"] == 0
+    shuffled = figures["shuffled_order"]  # random order: one-object scenes always exact, 4! listings rarely
+    assert 0 < shuffled["caption_exact"] < 1 and set(shuffled["by_order"]) <= set(shapes.ORDERS)
     for run in ("model", "untrained"):
         assert figures[run]["point_acc_tf"] <= figures[run]["point_on_object_tf"] <= 1
 

@@ -20,7 +20,8 @@ object its words name (``"a red circle"`` → the red circle). Figures:
 * per refiner: ``miou`` and ``recall`` (IoU ≥ 0.5, GCG one-to-one greedy matching, the text gate
   being "the phrase names this object").
 * baselines: the same architecture with random weights (``untrained``), and a uniformly random
-  point (``random_point``; ``random_point_on_object``: it lies inside some object).
+  point (``random_point``; ``random_point_on_object``: it lies inside some object); for the
+  captions, every object named right in a random order (``shuffled_order``, per order too).
 * with ``per_layer``: ``point_acc_tf`` of each layer alone and of the mean of all layers, raw
   and mean-normalised (what :func:`choose_settings` picks from).
 
@@ -268,6 +269,35 @@ def random_point_accuracy(scenes: list[shapes.Scene], seed: int = 0, any_object:
     return hits / max(total, 1)
 
 
+def shuffled_order_baseline(scenes: list[shapes.Scene]) -> dict:
+    """What a model that names every object right but lists them in a uniformly random order
+    would score (computed exactly, no sampling): the reference for ``caption_exact`` per order.
+
+    Objects are drawn one by one without replacement: at the caption's ``k``-th object, the
+    chance of naming it is (unnamed objects with its phrase) / (unnamed objects); the caption is
+    exact with the product of those chances. ``colour_words`` is the teacher-forced version of
+    the training logs' ``colour_acc`` (the earlier objects given, the next colour word right with
+    (unnamed objects of that colour) / (unnamed objects)).
+
+    Returns:
+        ``{"caption_exact", "colour_words", "by_order": {order: caption_exact}}``.
+    """
+    exact, by_order = [], {}
+    colour_right = colour_words = 0.0
+    for scene in scenes:
+        objects, p_exact = scene.objects, 1.0
+        for k, obj in enumerate(objects):
+            unnamed = objects[k:]
+            p_exact *= sum(o.name == obj.name for o in unnamed) / len(unnamed)
+            colour_right += sum(o.colour == obj.colour for o in unnamed) / len(unnamed)
+            colour_words += 1
+        exact.append(p_exact)
+        by_order.setdefault(scene.order, []).append(p_exact)
+    return {"caption_exact": float(np.mean(exact)) if exact else 0.0,
+            "colour_words": colour_right / max(colour_words, 1),
+            "by_order": {o: float(np.mean(by_order[o])) for o in shapes.ORDERS if o in by_order}}
+
+
 def run_evaluation(evaluation: ShapesEvaluation, scenes: list[shapes.Scene], batch_size: int = 25,
                    progress: bool = True, label: str = "eval", on_result=None) -> dict:
     """Feed ``scenes`` to ``evaluation`` in batches (a progress bar with ``progress``; each
@@ -323,6 +353,7 @@ def evaluate_shapes(model: str, refiners=("superpixel", "threshold"), n: int = 5
     if baselines:
         results["random_point"] = random_point_accuracy(scenes)
         results["random_point_on_object"] = random_point_accuracy(scenes, any_object=True)
+        results["shuffled_order"] = shuffled_order_baseline(scenes)
     return results
 
 
@@ -379,12 +410,17 @@ def format_table(results: dict) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     if "random_point" in results:
         rows.append("| random point | – | " + f"{results['random_point']:.3f} | – |" + " – |" * (2 * len(refiners)))
+    shuffled = results.get("shuffled_order")
+    if shuffled:
+        rows.append(f"| objects in random order | {shuffled['caption_exact']:.3f} | – | – |" + " – |" * (2 * len(refiners)))
     for group in GROUPS:
         split = results["model"].get(f"by_{group}", {})
-        rows += ["", f"| {group} | scenes | caption exact | point acc | point acc (teacher-forced) |",
-                 "|---|---|---|---|---|"]
+        chance = shuffled["by_order"] if shuffled and group == "order" else None
+        rows += ["", f"| {group} | scenes | caption exact | point acc | point acc (teacher-forced) |"
+                 + (" caption exact, random order |" if chance else ""),
+                 "|---|---|---|---|---|" + ("---|" if chance else "")]
         rows += [f"| {key} | {f['scenes']} | {f['caption_exact']:.3f} | {f['point_acc']:.3f} | {f['point_acc_tf']:.3f} |"
-                 for key, f in split.items()]
+                 + (f" {chance[key]:.3f} |" if chance else "") for key, f in split.items()]
     layers = results["model"].get("per_layer_point_acc_tf")
     if layers:
         rows += ["", "| layer (teacher-forced point acc) | value |", "|---|---|"]
